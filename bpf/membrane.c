@@ -1,0 +1,675 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Membrane's per-endpoint datapath. One object serves every endpoint: the
+ * programs find the endpoint from the interface they run on (the endpoints
+ * map), and its policy through the policy map of maps.
+ *
+ *   from_container: TCX ingress of the host-side veth, sees what leaves the
+ *                   endpoint, enforces its egress policy.
+ *   to_container:   TCX egress of the host-side veth, sees what enters the
+ *                   endpoint, enforces its ingress policy.
+ */
+#include "common.h"
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+
+/* From <linux/icmp.h>, which drags in libc headers. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_SOURCE_QUENCH 4
+#define ICMP_REDIRECT 5
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* ---- maps ------------------------------------------------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 512 * 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* ifindex of the host-side veth */
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 65536);
+} endpoints SEC(".maps");
+
+struct policy_map {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} policy_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32); /* endpoint id */
+	__uint(max_entries, 65536);
+	__array(values, struct policy_map);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 256 * 1024);
+} ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, 8192);
+} frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct dp_config);
+	__uint(max_entries, 1);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* dir * COUNTER_MAX + reason; reason 0 counts forwarded */
+	__type(value, __u64);
+	__uint(max_entries, 2 * COUNTER_MAX);
+} metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Referenced so that bpf2go generates the Go mirror of the event. */
+const struct event *unused_event __attribute__((unused));
+
+/* ---- packet parsing --------------------------------------------------- */
+
+#define CT_LIFETIME_TCP (21600ULL * 1000000000ULL)
+#define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
+#define CT_LIFETIME_CLOSING (10ULL * 1000000000ULL)
+#define CT_LIFETIME_OTHER (60ULL * 1000000000ULL)
+#define CT_REFRESH_NS (1000000000ULL)
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+struct flow {
+	__u32 saddr; /* network byte order */
+	__u32 daddr;
+	__u16 sport; /* host byte order */
+	__u16 dport;
+	__u16 policy_port; /* port looked up in policy: dport, ICMP type */
+	__u8 protocol;
+	__u8 tcp_flags;
+	__u8 icmp_error; /* the inner tuple below is set */
+	__u8 pad[3];
+	/* ICMP errors: the packet the error is about */
+	__u32 in_saddr;
+	__u32 in_daddr;
+	__u16 in_sport;
+	__u16 in_dport;
+	__u8 in_protocol;
+	__u32 len;
+};
+
+struct l4_ports {
+	__u16 sport;
+	__u16 dport;
+};
+
+static __always_inline int is_icmp_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_SOURCE_QUENCH ||
+	       type == ICMP_REDIRECT || type == ICMP_TIME_EXCEEDED ||
+	       type == ICMP_PARAMETERPROB;
+}
+
+/* Ports of a TCP/UDP header or ICMP echo at off; ICMP echo requests carry
+ * their id as the source port, replies as the destination port, so that a
+ * reply is the reverse tuple of its request. */
+static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 proto,
+				      struct l4_ports *p)
+{
+	__u8 icmp[8];
+
+	p->sport = 0;
+	p->dport = 0;
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		if (bpf_skb_load_bytes(skb, off, p, sizeof(*p)) < 0)
+			return REASON_MALFORMED;
+		p->sport = bpf_ntohs(p->sport);
+		p->dport = bpf_ntohs(p->dport);
+		return 0;
+	case IPPROTO_ICMP:
+		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)) < 0)
+			return REASON_MALFORMED;
+		if (icmp[0] == ICMP_ECHO)
+			p->sport = ((__u16)icmp[4] << 8) | icmp[5];
+		else if (icmp[0] == ICMP_ECHOREPLY)
+			p->dport = ((__u16)icmp[4] << 8) | icmp[5];
+		return 0;
+	}
+	return 0;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
+{
+	struct iphdr iph;
+	__u32 l4off, frag;
+	struct l4_ports ports = {};
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)) < 0)
+		return REASON_MALFORMED;
+	if (iph.version != 4 || iph.ihl < 5)
+		return REASON_MALFORMED;
+	if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 ||
+	    bpf_ntohs(iph.tot_len) > skb->len - ETH_HLEN)
+		return REASON_MALFORMED;
+
+	f->saddr = iph.saddr;
+	f->daddr = iph.daddr;
+	f->protocol = iph.protocol;
+	f->len = skb->len;
+	l4off = ETH_HLEN + iph.ihl * 4;
+	frag = bpf_ntohs(iph.frag_off);
+
+	if (frag & IP_OFFSET) {
+		/* A later fragment: no L4 header, take the first's ports. */
+		struct frag_key fk = {.saddr = iph.saddr, .daddr = iph.daddr,
+				      .id = iph.id, .protocol = iph.protocol};
+		struct frag_ports *fp = bpf_map_lookup_elem(&frags, &fk);
+
+		if (!fp)
+			return REASON_FRAG_NOT_FOUND;
+		f->sport = fp->sport;
+		f->dport = fp->dport;
+		f->policy_port = f->dport;
+		return 0;
+	}
+
+	switch (iph.protocol) {
+	case IPPROTO_TCP: {
+		__u8 hdr[14];
+
+		if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 + 20)
+			return REASON_MALFORMED;
+		if (bpf_skb_load_bytes(skb, l4off, hdr, sizeof(hdr)) < 0)
+			return REASON_MALFORMED;
+		if ((hdr[12] >> 4) < 5)
+			return REASON_MALFORMED;
+		f->sport = ((__u16)hdr[0] << 8) | hdr[1];
+		f->dport = ((__u16)hdr[2] << 8) | hdr[3];
+		f->tcp_flags = hdr[13];
+		f->policy_port = f->dport;
+		break;
+	}
+	case IPPROTO_UDP:
+		if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 + 8)
+			return REASON_MALFORMED;
+		if (load_ports(skb, l4off, IPPROTO_UDP, &ports))
+			return REASON_MALFORMED;
+		f->sport = ports.sport;
+		f->dport = ports.dport;
+		f->policy_port = f->dport;
+		break;
+	case IPPROTO_ICMP: {
+		__u8 type;
+
+		if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 + 8)
+			return REASON_MALFORMED;
+		if (bpf_skb_load_bytes(skb, l4off, &type, 1) < 0)
+			return REASON_MALFORMED;
+		if (load_ports(skb, l4off, IPPROTO_ICMP, &ports))
+			return REASON_MALFORMED;
+		f->sport = ports.sport;
+		f->dport = ports.dport;
+		f->policy_port = type;
+		if (is_icmp_error(type)) {
+			struct iphdr in;
+			struct l4_ports ip = {};
+
+			/* The header of the packet the error is about. */
+			if (bpf_skb_load_bytes(skb, l4off + 8, &in, sizeof(in)) == 0 &&
+			    in.version == 4 && in.ihl >= 5 &&
+			    load_ports(skb, l4off + 8 + in.ihl * 4, in.protocol, &ip) == 0) {
+				f->icmp_error = 1;
+				f->in_saddr = in.saddr;
+				f->in_daddr = in.daddr;
+				f->in_protocol = in.protocol;
+				f->in_sport = ip.sport;
+				f->in_dport = ip.dport;
+			}
+		}
+		break;
+	}
+	default:
+		/* Other protocols have no ports: only any-port rules match. */
+		break;
+	}
+
+	if (frag & IP_MF) {
+		struct frag_key fk = {.saddr = iph.saddr, .daddr = iph.daddr,
+				      .id = iph.id, .protocol = iph.protocol};
+		struct frag_ports fp = {.sport = f->sport, .dport = f->dport};
+
+		bpf_map_update_elem(&frags, &fk, &fp, BPF_ANY);
+	}
+	return 0;
+}
+
+/* ---- events and counters ---------------------------------------------- */
+
+static __always_inline void count(__u8 dir, __u8 reason)
+{
+	__u32 idx = (__u32)dir * COUNTER_MAX + reason;
+	__u64 *c = bpf_map_lookup_elem(&metrics, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int verdict_events_enabled(void)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	return cfg && (cfg->flags & CFG_F_VERDICT_EVENTS);
+}
+
+struct decision {
+	__u32 peer_identity;
+	__u32 cookie;
+	__u16 proxy_port;
+	__u8 verdict;
+	__u8 reason;
+	__u8 match;
+};
+
+static __always_inline void emit(struct __sk_buff *skb, const struct endpoint_info *ep,
+				 const struct flow *f, __u8 dir, __u8 type,
+				 const struct decision *d)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ep_id = ep ? ep->ep_id : 0;
+	e->ifindex = skb->ifindex;
+	if (dir == DIR_EGRESS) {
+		e->src_identity = ep ? ep->identity : 0;
+		e->dst_identity = d->peer_identity;
+	} else {
+		e->src_identity = d->peer_identity;
+		e->dst_identity = ep ? ep->identity : 0;
+	}
+	e->cookie = d->cookie;
+	e->pkt_len = skb->len;
+	__builtin_memcpy(e->saddr, &f->saddr, 4);
+	__builtin_memcpy(e->daddr, &f->daddr, 4);
+	e->sport = f->sport;
+	e->dport = f->protocol == IPPROTO_ICMP ? f->policy_port : f->dport;
+	e->proxy_port = d->proxy_port;
+	e->type = type;
+	e->verdict = d->verdict;
+	e->reason = d->reason;
+	e->dir = dir;
+	e->family = FAMILY_IPV4;
+	e->protocol = f->protocol;
+	e->match = d->match;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct endpoint_info *ep,
+				const struct flow *f, __u8 dir, struct decision *d)
+{
+	d->verdict = VERDICT_DROPPED;
+	count(dir, d->reason);
+	emit(skb, ep, f, dir, EVENT_DROP, d);
+	return TC_ACT_SHOT;
+}
+
+/* ---- conntrack -------------------------------------------------------- */
+
+enum ct_state {
+	CT_NEW = 0,
+	CT_ESTABLISHED,
+	CT_REPLY,
+	CT_RELATED,
+};
+
+static __always_inline void ct_fill_key(struct ct_key *k, __u32 saddr, __u32 daddr,
+					__u16 sport, __u16 dport, __u8 proto, __u8 dir)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->saddr, &saddr, 4);
+	__builtin_memcpy(k->daddr, &daddr, 4);
+	k->sport = sport;
+	k->dport = dport;
+	k->protocol = proto;
+	k->family = FAMILY_IPV4;
+	k->dir = dir;
+}
+
+static __always_inline __u64 ct_lifetime(const struct flow *f, __u8 closing)
+{
+	if (closing)
+		return CT_LIFETIME_CLOSING;
+	if (f->protocol == IPPROTO_TCP) {
+		if ((f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			return CT_LIFETIME_TCP_SYN;
+		return CT_LIFETIME_TCP;
+	}
+	return CT_LIFETIME_OTHER;
+}
+
+/* Refreshes an entry seen again: lifetime at most once a second (a write per
+ * packet would bounce the entry's cache line between CPUs), closing on FIN
+ * or RST. */
+static __always_inline void ct_touch(struct ct_entry *e, const struct flow *f, __u64 now,
+				     __u8 reply)
+{
+	__u8 closing = e->flags & CT_F_CLOSING;
+	__u8 flags = e->flags;
+
+	if (f->protocol == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		closing = CT_F_CLOSING;
+	flags |= closing;
+	if (reply)
+		flags |= CT_F_SEEN_REPLY;
+	if (flags != e->flags)
+		e->flags = flags;
+	if (closing) {
+		if (e->expires_ns > now + CT_LIFETIME_CLOSING)
+			e->expires_ns = now + CT_LIFETIME_CLOSING;
+		return;
+	}
+	if (now + ct_lifetime(f, 0) > e->expires_ns + CT_REFRESH_NS)
+		e->expires_ns = now + ct_lifetime(f, 0);
+}
+
+static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, __u64 now,
+					       struct decision *d)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+	__u8 other = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
+
+	if (f->icmp_error) {
+		/* An error about a packet that went the other way through this
+		 * same hook pair: look for that packet's connection. */
+		ct_fill_key(&k, f->in_saddr, f->in_daddr, f->in_sport, f->in_dport,
+			    f->in_protocol, other);
+		e = bpf_map_lookup_elem(&ct, &k);
+		if (e && e->expires_ns > now) {
+			d->peer_identity = e->peer_identity;
+			d->match = MATCH_CT_RELATED;
+			return CT_RELATED;
+		}
+		return CT_NEW;
+	}
+
+	ct_fill_key(&k, f->saddr, f->daddr, f->sport, f->dport, f->protocol, dir);
+	e = bpf_map_lookup_elem(&ct, &k);
+	if (e && e->expires_ns > now) {
+		/* A new TCP connection on a known tuple is checked again. */
+		if (f->protocol != IPPROTO_TCP ||
+		    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN ||
+		    (e->flags & CT_F_CLOSING) == 0) {
+			ct_touch(e, f, now, 0);
+			d->peer_identity = e->peer_identity;
+			d->cookie = e->cookie;
+			d->proxy_port = e->proxy_port;
+			d->match = MATCH_CT;
+			return CT_ESTABLISHED;
+		}
+	}
+
+	ct_fill_key(&k, f->daddr, f->saddr, f->dport, f->sport, f->protocol, other);
+	e = bpf_map_lookup_elem(&ct, &k);
+	if (e && e->expires_ns > now) {
+		ct_touch(e, f, now, 1);
+		d->peer_identity = e->peer_identity;
+		d->cookie = e->cookie;
+		d->proxy_port = e->proxy_port;
+		d->match = MATCH_CT_REPLY;
+		return CT_REPLY;
+	}
+	return CT_NEW;
+}
+
+static __always_inline void ct_create(const struct flow *f, __u8 dir, __u64 now,
+				      const struct endpoint_info *ep, const struct decision *d,
+				      __u8 flags)
+{
+	struct ct_key k;
+	struct ct_entry e = {};
+
+	ct_fill_key(&k, f->saddr, f->daddr, f->sport, f->dport, f->protocol, dir);
+	e.created_ns = now;
+	e.expires_ns = now + ct_lifetime(f, 0);
+	e.ep_id = ep->ep_id;
+	e.peer_identity = d->peer_identity;
+	e.cookie = d->cookie;
+	e.proxy_port = d->proxy_port;
+	e.flags = flags;
+	bpf_map_update_elem(&ct, &k, &e, BPF_ANY);
+}
+
+/* ---- policy ----------------------------------------------------------- */
+
+static __always_inline struct policy_entry *policy_lpm(void *pmap, __u32 identity, __u8 dir,
+						       __u8 proto, __u16 port)
+{
+	struct policy_key k = {
+		.prefixlen = POLICY_FULL_PREFIX,
+		.identity = identity,
+		.egress = dir,
+		.protocol = proto,
+		.dport = bpf_htons(port),
+	};
+
+	return bpf_map_lookup_elem(pmap, &k);
+}
+
+/*
+ * Policy lookup precedence, for a packet of protocol P to port D (ICMP: the
+ * type) from (ingress) or to (egress) a peer address A.
+ *
+ * The ipcache gives A's security identity S and, when a policy names a CIDR
+ * holding A, the identity C of the most specific such CIDR. The endpoint's
+ * policy is an LPM trie keyed by (identity, direction, protocol, port): for
+ * one identity it returns the most specific entry, in this order:
+ *     exact port of P  >  port range of P  >  any port of P  >  any protocol.
+ * Three lookups are made:
+ *     (a) identity S
+ *     (b) identity 0, the any-identity wildcard
+ *     (c) identity C, or C + CIDR_IN_CLUSTER_OFFSET when A is an endpoint or
+ *         the host (entries only Kubernetes ipBlock peers install)
+ * and decided as follows:
+ *  1. a deny entry from any lookup drops the packet: deny beats allow,
+ *     whatever allowed it (user space also turns allow entries covered by a
+ *     broader deny of the same identity into denies, so (a)-(c) are exact);
+ *  2. otherwise an allow entry from any lookup allows it; the most specific
+ *     one (longest prefix) decides the L7 redirect, on a tie (a) beats (c)
+ *     beats (b);
+ *  3. otherwise no entry: default deny. A direction in which no rule selects
+ *     the endpoint holds an any-identity, any-protocol allow entry.
+ * Each lookup is O(key length); nothing here depends on the number of rules.
+ */
+static __always_inline int policy_decide(void *pmap, __u32 sec, const struct ipcache_value *ipc,
+					 __u8 dir, const struct flow *f, struct decision *d)
+{
+	struct policy_entry *best = 0, *e;
+	__u8 best_match = MATCH_NONE;
+
+	e = policy_lpm(pmap, sec, dir, f->protocol, f->policy_port);
+	if (e) {
+		if (e->flags & POLICY_F_DENY)
+			goto deny;
+		best = e;
+		best_match = MATCH_IDENTITY;
+	}
+	if (ipc && ipc->cidr_identity) {
+		__u32 cid = ipc->cidr_identity;
+
+		if (ipc->flags & IPCACHE_F_CLUSTER)
+			cid += CIDR_IN_CLUSTER_OFFSET;
+		e = policy_lpm(pmap, cid, dir, f->protocol, f->policy_port);
+		if (e) {
+			if (e->flags & POLICY_F_DENY)
+				goto deny;
+			if (!best || e->prefixlen > best->prefixlen) {
+				best = e;
+				best_match = MATCH_CIDR;
+			}
+		}
+	}
+	e = policy_lpm(pmap, IDENTITY_ANY, dir, f->protocol, f->policy_port);
+	if (e) {
+		if (e->flags & POLICY_F_DENY)
+			goto deny;
+		if (!best || e->prefixlen > best->prefixlen) {
+			best = e;
+			best_match = MATCH_ANY;
+		}
+	}
+	if (!best) {
+		d->reason = REASON_POLICY_NO_ENTRY;
+		return 0;
+	}
+	d->cookie = best->cookie;
+	d->proxy_port = best->proxy_port;
+	d->match = best_match;
+	return 1;
+deny:
+	d->cookie = e->cookie;
+	d->reason = REASON_POLICY_DENIED;
+	return 0;
+}
+
+static __always_inline struct ipcache_value *ipcache_lookup(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32 + 32, .family = FAMILY_IPV4};
+
+	__builtin_memcpy(k.addr, &addr, 4);
+	return bpf_map_lookup_elem(&ipcache, &k);
+}
+
+/* ---- the hook --------------------------------------------------------- */
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_info *ep;
+	struct flow f = {};
+	struct decision d = {};
+	struct ipcache_value *ipc;
+	void *pmap;
+	__u64 now;
+	__u16 proto;
+	__u32 peer;
+	__u32 audit;
+	int reason;
+
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep) {
+		d.reason = REASON_UNKNOWN_ENDPOINT;
+		return drop(skb, 0, &f, dir, &d);
+	}
+
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0) {
+		d.reason = REASON_MALFORMED;
+		return drop(skb, ep, &f, dir, &d);
+	}
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	}
+	if (proto != bpf_htons(ETH_P_IP)) {
+		d.reason = REASON_UNSUPPORTED_L3;
+		return drop(skb, ep, &f, dir, &d);
+	}
+
+	reason = parse_ipv4(skb, &f);
+	if (reason) {
+		d.reason = reason;
+		return drop(skb, ep, &f, dir, &d);
+	}
+	if (dir == DIR_EGRESS && __builtin_memcmp(&f.saddr, ep->ipv4, 4) != 0) {
+		d.reason = REASON_SPOOFED_SOURCE;
+		return drop(skb, ep, &f, dir, &d);
+	}
+
+	now = bpf_ktime_get_ns();
+	if (ct_lookup(&f, dir, now, &d) != CT_NEW) {
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	}
+
+	peer = dir == DIR_EGRESS ? f.daddr : f.saddr;
+	ipc = ipcache_lookup(peer);
+	d.peer_identity = ipc ? ipc->identity : IDENTITY_WORLD;
+
+	pmap = bpf_map_lookup_elem(&policy, &ep->ep_id);
+	if (!pmap) {
+		d.reason = REASON_NO_POLICY_MAP;
+		return drop(skb, ep, &f, dir, &d);
+	}
+
+	if (policy_decide(pmap, d.peer_identity, ipc, dir, &f, &d)) {
+		d.verdict = VERDICT_FORWARDED;
+		ct_create(&f, dir, now, ep, &d, 0);
+		if (verdict_events_enabled())
+			emit(skb, ep, &f, dir, EVENT_POLICY_VERDICT, &d);
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	}
+
+	audit = dir == DIR_EGRESS ? EP_F_AUDIT_EGRESS : EP_F_AUDIT_INGRESS;
+	if (ep->flags & audit) {
+		/* Audit mode: the would-be drop passes and is reported. */
+		d.verdict = VERDICT_AUDIT;
+		ct_create(&f, dir, now, ep, &d, CT_F_AUDIT);
+		emit(skb, ep, &f, dir, EVENT_POLICY_VERDICT, &d);
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	}
+	if (verdict_events_enabled()) {
+		d.verdict = VERDICT_DROPPED;
+		emit(skb, ep, &f, dir, EVENT_POLICY_VERDICT, &d);
+	}
+	return drop(skb, ep, &f, dir, &d);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
