@@ -148,6 +148,8 @@ struct dp_config {
 #define REASON_NO_POLICY_MAP 6    /* endpoint without policy state */
 #define REASON_SPOOFED_SOURCE 7   /* source address is not the endpoint's */
 #define REASON_FRAG_NOT_FOUND 8   /* later fragment without its first */
+#define REASON_PROXY_NOT_FOUND 9  /* L7 redirect: proxy not listening */
+#define REASON_PROXY_ASSIGN 10    /* L7 redirect: socket assign failed */
 
 /* What the policy decision was based on. */
 #define MATCH_NONE 0

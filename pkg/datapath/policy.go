@@ -1,0 +1,125 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-net/membrane/pkg/identity"
+	"github.com/membrane-net/membrane/pkg/policy/mapstate"
+)
+
+func policyKey(k mapstate.Key) bpfPolicyKey {
+	var port [2]byte
+	binary.BigEndian.PutUint16(port[:], k.Port)
+	egress := uint8(0)
+	if k.Egress {
+		egress = 1
+	}
+	return bpfPolicyKey{
+		Prefixlen: k.PrefixLen(),
+		Identity:  uint32(k.Identity),
+		Egress:    egress,
+		Protocol:  k.Protocol,
+		Dport:     binary.NativeEndian.Uint16(port[:]),
+	}
+}
+
+func fromPolicyKey(bk bpfPolicyKey) mapstate.Key {
+	var port [2]byte
+	binary.NativeEndian.PutUint16(port[:], bk.Dport)
+	k := mapstate.Key{Identity: identity.NumericIdentity(bk.Identity), Egress: bk.Egress == 1, Protocol: bk.Protocol}
+	if bk.Prefixlen > 48 {
+		k.PortPrefixLen = uint8(bk.Prefixlen - 48)
+		k.Port = binary.BigEndian.Uint16(port[:])
+	}
+	if bk.Prefixlen <= 40 {
+		k.Protocol = mapstate.ProtoAny
+	}
+	return k
+}
+
+func policyValue(k mapstate.Key, e mapstate.Entry) bpfPolicyEntry {
+	v := bpfPolicyEntry{ProxyPort: e.ProxyPort, Cookie: e.Cookie, Prefixlen: uint8(k.PrefixLen())}
+	if e.Deny {
+		v.Flags |= policyFlagDeny
+	}
+	return v
+}
+
+// writePolicy brings the map from current to desired with the writes of
+// mapstate.Diff, in its order, and keeps current equal to what the map
+// holds, even when a write fails.
+func writePolicy(m *ebpf.Map, current, desired mapstate.MapState) error {
+	for _, k := range desired.Keys() {
+		if err := k.Valid(); err != nil {
+			return fmt.Errorf("key %s: %w", k, err)
+		}
+	}
+	for _, c := range mapstate.Diff(current, desired) {
+		bk := policyKey(c.Key)
+		if c.Delete {
+			if err := m.Delete(&bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete %s: %w", c.Key, err)
+			}
+			delete(current, c.Key)
+			continue
+		}
+		v := policyValue(c.Key, c.Entry)
+		if err := m.Update(&bk, &v, ebpf.UpdateAny); err != nil {
+			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
+				return fmt.Errorf("%w: %s: %v", ErrCapacity, c.Key, err)
+			}
+			return fmt.Errorf("update %s: %w", c.Key, err)
+		}
+		current[c.Key] = c.Entry
+	}
+	return nil
+}
+
+func readPolicy(m *ebpf.Map) (mapstate.MapState, error) {
+	ms := mapstate.MapState{}
+	var bk bpfPolicyKey
+	var v bpfPolicyEntry
+	it := m.Iterate()
+	for it.Next(&bk, &v) {
+		ms[fromPolicyKey(bk)] = mapstate.Entry{Deny: v.Flags&policyFlagDeny != 0, ProxyPort: v.ProxyPort, Cookie: v.Cookie}
+	}
+	return ms, it.Err()
+}
+
+// SyncPolicy brings an endpoint's policy map to policy, writing only the
+// entries that change (new and changed entries first, then deletions, so
+// flows the change does not touch keep their verdict throughout). It
+// returns the number of writes.
+func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (int, error) {
+	if len(policy) > int(d.cfg.PolicyMapMaxEntries) {
+		return 0, fmt.Errorf("endpoint %d: %w: %d entries, capacity %d", id, ErrCapacity, len(policy), d.cfg.PolicyMapMaxEntries)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.eps[id]
+	if !ok {
+		return 0, fmt.Errorf("endpoint %d: not attached", id)
+	}
+	n := len(mapstate.Diff(st.current, policy))
+	if err := writePolicy(st.policy, st.current, policy); err != nil {
+		return 0, fmt.Errorf("endpoint %d: %w", id, err)
+	}
+	return n, nil
+}
+
+// ReadPolicy returns what the kernel's policy map of an endpoint holds,
+// read from the map itself.
+func (d *Datapath) ReadPolicy(id uint32) (mapstate.MapState, error) {
+	d.mu.Lock()
+	st, ok := d.eps[id]
+	d.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("endpoint %d: not attached", id)
+	}
+	return readPolicy(st.policy)
+}
