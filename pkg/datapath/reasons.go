@@ -39,8 +39,8 @@ const (
 
 var reasonNames = [...]string{
 	ReasonNone:          "none",
-	ReasonPolicyNoEntry: "policy: no entry (default deny)",
-	ReasonPolicyDenied:  "policy: denied",
+	ReasonPolicyNoEntry: "no policy entry",
+	ReasonPolicyDenied:  "denied by policy",
 	ReasonMalformed:     "malformed packet",
 	ReasonUnsupportedL3: "unsupported protocol",
 	ReasonUnknownEP:     "unknown endpoint",

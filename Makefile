@@ -1,0 +1,73 @@
+# Membrane. `make` alone lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+PKGS := ./...
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/membrane and bin/membrane-cni (no clang needed: eBPF objects are committed)
+	$(GO) build -o $(BIN)/membrane ./cmd/membrane
+	@if [ -d cmd/membrane-cni ]; then $(GO) build -o $(BIN)/membrane-cni ./cmd/membrane-cni; fi
+
+.PHONY: generate
+generate: ## Rebuild the eBPF objects and their Go bindings with clang (bpf2go)
+	$(GO) generate ./pkg/datapath/...
+
+.PHONY: check-generate
+check-generate: ## Fail if the committed eBPF objects are not what `make generate` produces
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	cp pkg/datapath/bpf_bpfel.go pkg/datapath/bpf_bpfel.o $$tmp/; \
+	$(GO) generate ./pkg/datapath/... ; \
+	if ! cmp -s $$tmp/bpf_bpfel.go pkg/datapath/bpf_bpfel.go || ! cmp -s $$tmp/bpf_bpfel.o pkg/datapath/bpf_bpfel.o; then \
+		cp $$tmp/bpf_bpfel.go $$tmp/bpf_bpfel.o pkg/datapath/; \
+		echo "eBPF objects are stale: run 'make generate' and commit the result"; exit 1; \
+	fi; echo "eBPF objects are current"
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+.PHONY: test
+test: ## The whole suite, as CI runs it (needs root): lint, generated objects, unit, race, privileged, conformance, benchmarks once
+	$(MAKE) lint
+	$(MAKE) check-generate
+	$(MAKE) test-race
+	$(MAKE) test-all
+	$(MAKE) conformance
+	$(MAKE) bench-smoke
+
+.PHONY: test-race
+test-race: ## Unit tests of the packages that need no privileges, with the race detector
+	$(GO) test -race -count=1 ./pkg/labels/... ./pkg/identity/... ./pkg/policy/... ./pkg/ipcache/... ./pkg/ipam/... ./pkg/monitor/... ./pkg/api/...
+
+.PHONY: test-all
+test-all: ## Every test, privileged ones included (root; with CI=true a missing privilege fails)
+	$(GO) test -count=1 -timeout 40m -p 1 $(PKGS)
+
+.PHONY: conformance
+conformance: build ## Run the NetworkPolicy/CiliumNetworkPolicy conformance cases with real packets
+	@if $(BIN)/membrane conformance --help >/dev/null 2>&1; then \
+		$(BIN)/membrane conformance run $${CONFORMANCE_DIR:-../shared/conformance/cases}; \
+	else echo "conformance runner not built yet"; fi
+
+.PHONY: bench-smoke
+bench-smoke: ## Run every Go benchmark once so they cannot rot
+	$(GO) test -run '^$$' -bench . -benchtime 1x -benchmem $(PKGS)
+
+.PHONY: bench
+bench: build ## Side-by-side benchmarks (eBPF vs iptables/nftables, proxy vs nginx); writes bench/results/latest.md
+	@if [ -x bench/run.sh ]; then bench/run.sh; else echo "bench/run.sh not written yet"; exit 1; fi
+
+.PHONY: demo
+demo: ## Run `membrane demo` (root)
+	$(GO) run ./cmd/membrane demo
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf $(BIN)
