@@ -106,6 +106,16 @@ struct ct_entry {
 #define CT_F_CLOSING 1
 #define CT_F_AUDIT 2
 #define CT_F_SEEN_REPLY 4
+#define CT_F_PROXY_UPSTREAM 8 /* opened by the L7 proxy: steer replies to it */
+
+/* skb marks shared with the L7 proxy and the host's policy routing
+ * (ip rule fwmark 0x200/0xf00 lookup 2004; table 2004: local 0/0 dev lo).
+ * MARK_TO_PROXY carries the proxy port in its upper 16 bits while a frame is
+ * hairpinned to the host device. The proxy sets MARK_FROM_PROXY (SO_MARK)
+ * on its upstream sockets: their traffic was already checked at L7. */
+#define MARK_MASK 0xf00
+#define MARK_TO_PROXY 0x200
+#define MARK_FROM_PROXY 0xb00
 
 /* ---- fragments: first fragment's ports for the later ones ------------- */
 struct frag_key {
@@ -123,8 +133,10 @@ struct frag_ports {
 
 /* ---- agent-wide settings --------------------------------------------- */
 struct dp_config {
-	__u32 flags; /* CFG_F_* */
-	__u32 pad;
+	__u32 flags;         /* CFG_F_* */
+	__u32 host_ifindex;  /* hairpin device for ingress L7 redirects */
+	__u8 host_mac[6];    /* its MAC, the hairpinned frames' destination */
+	__u16 pad;
 };
 
 #define CFG_F_VERDICT_EVENTS 1 /* emit policy-verdict events for new flows */

@@ -287,10 +287,16 @@ static __always_inline void count(__u8 dir, __u8 reason)
 		*c += 1;
 }
 
-static __always_inline int verdict_events_enabled(void)
+static __always_inline struct dp_config *get_config(void)
 {
 	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline int verdict_events_enabled(void)
+{
+	struct dp_config *cfg = get_config();
 
 	return cfg && (cfg->flags & CFG_F_VERDICT_EVENTS);
 }
@@ -302,6 +308,7 @@ struct decision {
 	__u8 verdict;
 	__u8 reason;
 	__u8 match;
+	__u8 ct_flags;
 };
 
 static __always_inline void emit(struct __sk_buff *skb, const struct endpoint_info *ep,
@@ -440,6 +447,7 @@ static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, _
 			d->peer_identity = e->peer_identity;
 			d->cookie = e->cookie;
 			d->proxy_port = e->proxy_port;
+			d->ct_flags = e->flags;
 			d->match = MATCH_CT;
 			return CT_ESTABLISHED;
 		}
@@ -452,6 +460,7 @@ static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, _
 		d->peer_identity = e->peer_identity;
 		d->cookie = e->cookie;
 		d->proxy_port = e->proxy_port;
+		d->ct_flags = e->flags;
 		d->match = MATCH_CT_REPLY;
 		return CT_REPLY;
 	}
@@ -576,6 +585,137 @@ static __always_inline struct ipcache_value *ipcache_lookup(__u32 addr)
 	return bpf_map_lookup_elem(&ipcache, &k);
 }
 
+/* ---- L7 redirect ------------------------------------------------------- */
+
+/* Hands a TCP packet to a local socket, TPROXY-style (notes: l7-redirect):
+ * the connection's own socket once the host has one (request or
+ * established), else the proxy's transparent listener on port. The mark
+ * makes policy routing deliver it locally. Only possible at TCX ingress. */
+static __always_inline int assign_to_proxy(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long ret;
+
+	t.ipv4.saddr = f->saddr;
+	t.ipv4.daddr = f->daddr;
+	t.ipv4.sport = bpf_htons(f->sport);
+	t.ipv4.dport = bpf_htons(f->dport);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
+			ret = bpf_sk_assign(skb, sk, 0);
+			bpf_sk_release(sk);
+			goto assigned;
+		}
+		bpf_sk_release(sk);
+	}
+	if (!port)
+		return REASON_PROXY_NOT_FOUND;
+	t.ipv4.daddr = 0;
+	t.ipv4.dport = bpf_htons(port);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return REASON_PROXY_NOT_FOUND;
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+assigned:
+	if (ret)
+		return REASON_PROXY_ASSIGN;
+	skb->mark = MARK_TO_PROXY | ((__u32)port << 16);
+	return 0;
+}
+
+/* Is the proxy listening on port? (a lookup works at TCX egress too) */
+static __always_inline int proxy_listening(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = f->saddr;
+	t.ipv4.sport = bpf_htons(f->sport);
+	t.ipv4.dport = bpf_htons(port);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Ingress L7: sk_assign is refused at TCX egress, so the frame goes to
+ * the ingress of the host device, whose program assigns it. */
+static __always_inline int hairpin_to_proxy(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct dp_config *cfg = get_config();
+
+	if (!cfg || !cfg->host_ifindex || !proxy_listening(skb, f, port))
+		return -REASON_PROXY_NOT_FOUND;
+	if (bpf_skb_store_bytes(skb, 0, cfg->host_mac, 6, 0) < 0)
+		return -REASON_PROXY_ASSIGN;
+	skb->mark = MARK_TO_PROXY | ((__u32)port << 16);
+	return bpf_redirect(cfg->host_ifindex, BPF_F_INGRESS);
+}
+
+/* Sends a packet of a redirected flow to the proxy: from the endpoint
+ * (TCX ingress) by socket assignment, into the endpoint (TCX egress) by
+ * the hairpin. */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct endpoint_info *ep,
+				    const struct flow *f, __u8 dir, struct decision *d)
+{
+	int ret;
+
+	if (dir == DIR_EGRESS) {
+		ret = assign_to_proxy(skb, f, d->proxy_port);
+		if (ret) {
+			d->reason = ret;
+			return drop(skb, ep, f, dir, d);
+		}
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	}
+	ret = hairpin_to_proxy(skb, f, d->proxy_port);
+	if (ret < 0) {
+		d->reason = -ret;
+		return drop(skb, ep, f, dir, d);
+	}
+	count(dir, REASON_NONE);
+	return ret;
+}
+
+/* Replies to a connection the proxy opened upstream go to its socket. */
+static __always_inline void steer_to_upstream(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = f->saddr;
+	t.ipv4.daddr = f->daddr;
+	t.ipv4.sport = bpf_htons(f->sport);
+	t.ipv4.dport = bpf_htons(f->dport);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return;
+	if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
+		bpf_sk_assign(skb, sk, 0);
+		skb->mark = MARK_TO_PROXY;
+	}
+	bpf_sk_release(sk);
+}
+
+/* An ingress redirect also tells the client endpoint's egress entry of the
+ * same connection, so that its later packets go straight to the proxy's
+ * socket instead of to the host's forwarding path. */
+static __always_inline void mark_egress_redirect(const struct flow *f, __u16 port)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+
+	ct_fill_key(&k, f->saddr, f->daddr, f->sport, f->dport, f->protocol, DIR_EGRESS);
+	e = bpf_map_lookup_elem(&ct, &k);
+	if (e && e->proxy_port != port)
+		e->proxy_port = port;
+}
+
 /* ---- the hook --------------------------------------------------------- */
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -590,7 +730,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u16 proto;
 	__u32 peer;
 	__u32 audit;
-	int reason;
+	int reason, from_proxy;
 
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!ep) {
@@ -622,9 +762,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = bpf_ktime_get_ns();
-	if (ct_lookup(&f, dir, now, &d) != CT_NEW) {
+	from_proxy = dir == DIR_INGRESS && (skb->mark & MARK_MASK) == MARK_FROM_PROXY;
+	switch (ct_lookup(&f, dir, now, &d)) {
+	case CT_ESTABLISHED:
+		if (d.proxy_port && f.protocol == IPPROTO_TCP && !from_proxy)
+			return to_proxy(skb, ep, &f, dir, &d);
 		count(dir, REASON_NONE);
 		return TC_ACT_OK;
+	case CT_REPLY:
+		if ((d.ct_flags & CT_F_PROXY_UPSTREAM) && dir == DIR_EGRESS)
+			steer_to_upstream(skb, &f);
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	case CT_RELATED:
+		count(dir, REASON_NONE);
+		return TC_ACT_OK;
+	default:
+		break;
 	}
 
 	peer = dir == DIR_EGRESS ? f.daddr : f.saddr;
@@ -638,10 +792,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	if (policy_decide(pmap, d.peer_identity, ipc, dir, &f, &d)) {
-		d.verdict = VERDICT_FORWARDED;
+		if (f.protocol != IPPROTO_TCP)
+			d.proxy_port = 0; /* the proxy speaks TCP only */
+		if (from_proxy) {
+			/* The proxy opened this connection after checking L7 (both
+			 * sides' rules); L3/L4 still applies. */
+			d.proxy_port = 0;
+			d.verdict = VERDICT_FORWARDED;
+			ct_create(&f, dir, now, ep, &d, CT_F_PROXY_UPSTREAM);
+			count(dir, REASON_NONE);
+			return TC_ACT_OK;
+		}
+		d.verdict = d.proxy_port ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
 		ct_create(&f, dir, now, ep, &d, 0);
 		if (verdict_events_enabled())
 			emit(skb, ep, &f, dir, EVENT_POLICY_VERDICT, &d);
+		if (d.proxy_port) {
+			if (dir == DIR_INGRESS)
+				mark_egress_redirect(&f, d.proxy_port);
+			return to_proxy(skb, ep, &f, dir, &d);
+		}
 		count(dir, REASON_NONE);
 		return TC_ACT_OK;
 	}
@@ -672,4 +842,33 @@ SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* TCX ingress of the host device: frames hairpinned by to_container for an
+ * ingress L7 redirect, handed to the proxy's socket. Other traffic passes. */
+SEC("tc")
+int from_host_dev(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct decision d = {};
+	__u16 proto;
+	__u16 port;
+	int reason;
+
+	if ((skb->mark & MARK_MASK) != MARK_TO_PROXY)
+		return TC_ACT_OK;
+	port = skb->mark >> 16;
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0 || proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_SHOT;
+	reason = parse_ipv4(skb, &f);
+	if (reason || f.protocol != IPPROTO_TCP) {
+		d.reason = reason ? reason : REASON_MALFORMED;
+		return drop(skb, 0, &f, DIR_INGRESS, &d);
+	}
+	reason = assign_to_proxy(skb, &f, port);
+	if (reason) {
+		d.reason = reason;
+		return drop(skb, 0, &f, DIR_INGRESS, &d);
+	}
+	return TC_ACT_OK;
 }

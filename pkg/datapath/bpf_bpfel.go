@@ -38,9 +38,11 @@ type bpfCtKey struct {
 }
 
 type bpfDpConfig struct {
-	_     structs.HostLayout
-	Flags uint32
-	Pad   uint32
+	_           structs.HostLayout
+	Flags       uint32
+	HostIfindex uint32
+	HostMac     [6]uint8
+	Pad         uint16
 }
 
 type bpfEndpointInfo struct {
@@ -140,6 +142,7 @@ const (
 	bpfMapPolicy         = "policy"
 	bpfMapPolicyInner    = "policy_inner"
 	bpfProgFromContainer = "from_container"
+	bpfProgFromHostDev   = "from_host_dev"
 	bpfProgToContainer   = "to_container"
 	bpfVarUnusedEvent    = "unused_event"
 )
@@ -187,6 +190,7 @@ type bpfSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromHostDev   *ebpf.ProgramSpec `ebpf:"from_host_dev"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
@@ -269,12 +273,14 @@ type bpfVariables struct {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
+	FromHostDev   *ebpf.Program `ebpf:"from_host_dev"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.FromContainer,
+		p.FromHostDev,
 		p.ToContainer,
 	)
 }

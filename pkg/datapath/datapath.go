@@ -51,10 +51,15 @@ type Datapath struct {
 	maps     map[string]*ebpf.Map
 	fromProg *ebpf.Program
 	toProg   *ebpf.Program
+	hostProg *ebpf.Program
 	inner    *ebpf.MapSpec
 
-	mu  sync.Mutex
-	eps map[uint32]*endpointState
+	cfgMu sync.Mutex
+	cfg_  bpfDpConfig
+
+	mu       sync.Mutex
+	eps      map[uint32]*endpointState
+	hostLink link.Link
 }
 
 type endpointState struct {
@@ -117,9 +122,13 @@ func Open(cfg Config, log *slog.Logger) (_ *Datapath, err error) {
 	}
 	d.fromProg = coll.DetachProgram("from_container")
 	d.toProg = coll.DetachProgram("to_container")
+	d.hostProg = coll.DetachProgram("from_host_dev")
 	coll.Close()
-	if d.fromProg == nil || d.toProg == nil {
-		return nil, errors.New("load programs: object lacks from_container or to_container")
+	if d.fromProg == nil || d.toProg == nil || d.hostProg == nil {
+		return nil, errors.New("load programs: object lacks from_container, to_container or from_host_dev")
+	}
+	if err := d.maps["config"].Lookup(uint32(0), &d.cfg_); err != nil {
+		return nil, fmt.Errorf("read datapath config: %w", err)
 	}
 	return d, nil
 }
@@ -207,6 +216,12 @@ func (d *Datapath) Close() error {
 	}
 	if d.toProg != nil {
 		d.toProg.Close()
+	}
+	if d.hostProg != nil {
+		d.hostProg.Close()
+	}
+	if d.hostLink != nil {
+		d.hostLink.Close()
 	}
 	return nil
 }

@@ -98,13 +98,23 @@ func (d *Datapath) ReadEvents(ctx context.Context, fn func(Event)) error {
 // SetVerdictEvents turns the policy-verdict events of new flows on or off
 // (drops are always reported).
 func (d *Datapath) SetVerdictEvents(on bool) error {
-	cfg := bpfDpConfig{}
-	if on {
-		cfg.Flags |= cfgVerdictEvents
-	}
-	if err := d.maps["config"].Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+	return d.updateConfig(func(c *bpfDpConfig) {
+		c.Flags &^= cfgVerdictEvents
+		if on {
+			c.Flags |= cfgVerdictEvents
+		}
+	})
+}
+
+func (d *Datapath) updateConfig(change func(*bpfDpConfig)) error {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	c := d.cfg_
+	change(&c)
+	if err := d.maps["config"].Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("datapath config: %w", err)
 	}
+	d.cfg_ = c
 	return nil
 }
 
