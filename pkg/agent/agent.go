@@ -1,0 +1,253 @@
+// Package agent owns the Membrane agent: it composes the identity
+// allocator, the policy repository, the ipcache, the address pool, the
+// endpoint wiring and the datapath, keeps them consistent, persists them
+// and serves them through the API. Every change goes one way: labels ->
+// identity -> selectors -> policy -> map state -> kernel maps, and returns
+// only once the kernel enforces it.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/datapath"
+	"github.com/membrane-net/membrane/pkg/endpoint"
+	"github.com/membrane-net/membrane/pkg/identity"
+	"github.com/membrane-net/membrane/pkg/ipam"
+	"github.com/membrane-net/membrane/pkg/ipcache"
+	"github.com/membrane-net/membrane/pkg/monitor"
+	"github.com/membrane-net/membrane/pkg/policy"
+	"github.com/membrane-net/membrane/pkg/state"
+)
+
+// Config is the agent's configuration; flags of `membrane agent`.
+type Config struct {
+	Socket   string
+	StateDir string
+	BPFFSDir string
+	IPv4Pool netip.Prefix
+	// EnablePolicy is default, always or never.
+	EnablePolicy string
+	// Audit puts every endpoint in audit mode.
+	Audit               bool
+	PolicyMapMaxEntries uint32
+	// HostIfName is the host side of the veth pair holding the host's
+	// address in the pool.
+	HostIfName string
+	Version    string
+}
+
+// Defaults of the configuration.
+const (
+	DefaultStateDir   = "/var/lib/membrane"
+	DefaultBPFFSDir   = "/sys/fs/bpf/membrane"
+	DefaultHostIfName = "membrane_host"
+)
+
+// DefaultIPv4Pool is the pool when none is given.
+var DefaultIPv4Pool = netip.MustParsePrefix("10.200.0.0/16")
+
+// Agent is the running agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	// mu serialises every change and every read of the state below.
+	mu      sync.Mutex
+	dp      *datapath.Datapath
+	ids     *identity.LocalAllocator
+	repo    *policy.Repository
+	ipc     *ipcache.IPCache
+	pool    *ipam.Pool
+	store   *state.Store
+	eps     map[uint32]*epState
+	nextID  uint32
+	cidrIDs map[netip.Prefix]identity.NumericIdentity
+	hostIPs map[netip.Addr]bool
+
+	hub *monitor.Hub
+	// names maps endpoint ids to names for events, read without mu.
+	names sync.Map
+
+	srv     *api.Server
+	started time.Time
+}
+
+type epState struct {
+	ep       endpoint.Endpoint
+	resolved *policy.Resolved
+	revision uint64
+}
+
+// New starts the agent's parts: it opens the datapath (reusing pinned
+// maps), restores endpoints, identities and policies from the state
+// directory and reconciles the kernel with them. It does not serve yet.
+func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, log: log,
+		ids:     identity.NewLocalAllocator(),
+		eps:     map[uint32]*epState{},
+		cidrIDs: map[netip.Prefix]identity.NumericIdentity{},
+		hostIPs: map[netip.Addr]bool{},
+		started: time.Now(),
+	}
+	if a.pool, err = ipam.New(cfg.IPv4Pool); err != nil {
+		return nil, fmt.Errorf("address pool: %w", err)
+	}
+	if a.store, err = state.Open(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	st, err := a.store.Load()
+	if err != nil {
+		return nil, err
+	}
+	if a.dp, err = datapath.Open(datapath.Config{BPFFSDir: cfg.BPFFSDir, PolicyMapMaxEntries: cfg.PolicyMapMaxEntries}, log); err != nil {
+		return nil, fmt.Errorf("datapath: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			a.dp.Close()
+		}
+	}()
+	a.hub = monitor.NewHub(func(want bool) {
+		if err := a.dp.SetVerdictEvents(want); err != nil {
+			a.log.Warn("switch verdict events", "error", err)
+		}
+	})
+	if err := a.dp.SetVerdictEvents(false); err != nil {
+		return nil, err
+	}
+	a.repo = policy.NewRepository(policy.Config{EnforcementMode: cfg.EnablePolicy}, log)
+	a.ipc = ipcache.New(a.dp)
+	if err := a.restore(st); err != nil {
+		return nil, fmt.Errorf("restore state: %w", err)
+	}
+	return a, nil
+}
+
+func (c *Config) validate() error {
+	switch c.EnablePolicy {
+	case "":
+		c.EnablePolicy = "default"
+	case "default", "always", "never":
+	default:
+		return fmt.Errorf("--enable-policy %q: want default, always or never", c.EnablePolicy)
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.BPFFSDir == "" {
+		c.BPFFSDir = DefaultBPFFSDir
+	}
+	if !c.IPv4Pool.IsValid() {
+		c.IPv4Pool = DefaultIPv4Pool
+	}
+	if c.HostIfName == "" {
+		c.HostIfName = DefaultHostIfName
+	}
+	if len(c.HostIfName) > 15 || len(c.HostIfName) < 6 || c.HostIfName[len(c.HostIfName)-5:] != "_host" {
+		return fmt.Errorf("--host-ifname %q: 6 to 15 characters ending in _host", c.HostIfName)
+	}
+	if c.Socket == "" {
+		c.Socket = api.DefaultSocket
+	}
+	return nil
+}
+
+// Run serves the API and the background work until ctx ends. Enforcement
+// continues after it returns: maps and links stay pinned.
+func (a *Agent) Run(ctx context.Context) error {
+	srv, err := api.NewServer(a.cfg.Socket, a, a.log)
+	if err != nil {
+		return err
+	}
+	a.srv = srv
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := a.dp.ReadEvents(ctx, a.onDatapathEvent); err != nil {
+			a.log.Error("datapath events stopped", "error", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		a.gcLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.watchHostAddrs(ctx)
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	a.log.Info("agent ready", "socket", a.cfg.Socket, "pool", a.cfg.IPv4Pool, "endpoints", len(a.eps))
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = srv.Shutdown(sctx)
+	scancel()
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// Close releases the agent's handles; the kernel keeps enforcing.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.dp.Close()
+}
+
+func (a *Agent) gcLoop(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := a.dp.GCCT(); err != nil {
+				a.log.Warn("conntrack gc", "error", err)
+			} else if n > 0 {
+				a.log.Debug("conntrack gc", "deleted", n)
+			}
+		}
+	}
+}
+
+// persist writes the state file; the caller holds mu.
+func (a *Agent) persist() error {
+	st := &state.State{NextEndpointID: a.nextID, Revision: a.repo.Revision()}
+	for _, id := range sortedIDs(a.eps) {
+		ep := a.eps[id].ep
+		st.Endpoints = append(st.Endpoints, &ep)
+	}
+	for _, id := range a.ids.List() {
+		if !id.ID.IsReserved() {
+			st.Identities = append(st.Identities, id)
+		}
+	}
+	for _, p := range a.repo.List() {
+		st.Policies = append(st.Policies, state.Policy{File: p.File, Document: p.Document, Object: p.Object})
+	}
+	if err := a.store.Save(st); err != nil {
+		a.log.Error("persist state", "error", err)
+		return err
+	}
+	return nil
+}
+
+var errNotFound = errors.New("not found")

@@ -1,0 +1,360 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/endpoint"
+	"github.com/membrane-net/membrane/pkg/identity"
+	"github.com/membrane-net/membrane/pkg/ipam"
+	"github.com/membrane-net/membrane/pkg/ipcache"
+	"github.com/membrane-net/membrane/pkg/labels"
+)
+
+func badRequest(err error) error { return api.WithStatus(http.StatusBadRequest, err) }
+
+func parseLabels(ss []string) (labels.Labels, error) {
+	var parts []string
+	for _, s := range ss {
+		for _, p := range strings.Split(s, ",") {
+			if strings.TrimSpace(p) != "" {
+				parts = append(parts, p)
+			}
+		}
+	}
+	lbls, err := labels.ParseList(parts, labels.SourceUnspec)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("labels: %w", err))
+	}
+	for _, l := range lbls {
+		if l.Source == labels.SourceReserved || l.Source == labels.SourceCIDR {
+			return nil, badRequest(fmt.Errorf("labels: %s: source %s is Membrane's own", l, l.Source))
+		}
+	}
+	return lbls, nil
+}
+
+func validIfName(n string) error {
+	if n == "" || len(n) > 15 || strings.ContainsAny(n, "/ \t\n:") || n == "." || n == ".." {
+		return fmt.Errorf("interface name %q: 1 to 15 characters, no '/', ':' or spaces", n)
+	}
+	return nil
+}
+
+// netnsKey identifies a namespace file by device and inode.
+func netnsKey(path string) (string, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
+}
+
+// AddEndpoint wires a namespace as an endpoint. When it returns the
+// endpoint's policy is enforced; on any failure nothing is left behind.
+func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (_ *api.Endpoint, err error) {
+	lbls, err := parseLabels(req.Labels)
+	if err != nil {
+		return nil, err
+	}
+	nps, err := endpoint.ValidateNamedPorts(req.NamedPorts)
+	if err != nil {
+		return nil, badRequest(err)
+	}
+	contIf := req.Interface
+	if contIf == "" {
+		contIf = endpoint.DefaultContainerIfName
+	}
+	if err := validIfName(contIf); err != nil {
+		return nil, badRequest(err)
+	}
+	var want netip.Addr
+	if req.IPv4 != "" {
+		if want, err = netip.ParseAddr(req.IPv4); err != nil || !want.Is4() {
+			return nil, badRequest(fmt.Errorf("ipv4 %q is not an IPv4 address", req.IPv4))
+		}
+	}
+	if req.Netns == "" {
+		return nil, badRequest(errors.New("netns: a network namespace path is required"))
+	}
+	nsPath, err := filepath.Abs(req.Netns)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("netns %q: %w", req.Netns, err))
+	}
+	if _, err := os.Stat(nsPath); err != nil {
+		return nil, badRequest(fmt.Errorf("netns %s: %w", nsPath, err))
+	}
+	name := req.Name
+	if name == "" {
+		name = filepath.Base(nsPath)
+	}
+	if len(name) > 253 || strings.ContainsAny(name, "\x00\n") {
+		return nil, badRequest(fmt.Errorf("name %q: at most 253 characters, no NUL or newline", name))
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	nsKey, err := netnsKey(nsPath)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("netns %s: %w", nsPath, err))
+	}
+	for _, s := range a.eps {
+		if s.ep.Name == name {
+			return nil, api.Errorf(http.StatusConflict, "name %q: in use by endpoint %d", name, s.ep.ID)
+		}
+		if k, err := netnsKey(s.ep.Netns); err == nil && k == nsKey {
+			return nil, api.Errorf(http.StatusConflict, "netns %s: already endpoint %d (%s)", nsPath, s.ep.ID, s.ep.Name)
+		}
+	}
+
+	id := a.nextID
+	ep := endpoint.Endpoint{
+		ID: id, Name: name, Netns: nsPath, Labels: lbls, NamedPorts: nps,
+		Interface: endpoint.HostIfName(name, id), ContainerInterface: contIf,
+		ContainerID: req.ContainerID, Audit: req.Audit, Created: time.Now().UTC(),
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	owner := fmt.Sprintf("endpoint %d (%s)", id, name)
+	if want.IsValid() {
+		if a.hostIPs[want] {
+			return nil, api.Errorf(http.StatusConflict, "ipv4 %s: address in use by the host", want)
+		}
+		if err := a.pool.Reserve(want, owner); err != nil {
+			if errors.Is(err, ipam.ErrInUse) {
+				return nil, api.WithStatus(http.StatusConflict, err)
+			}
+			return nil, badRequest(err)
+		}
+		ep.IPv4 = want
+	} else if ep.IPv4, err = a.pool.Allocate(owner); err != nil {
+		return nil, api.WithStatus(http.StatusServiceUnavailable, err)
+	}
+	undo = append(undo, func() { a.pool.Release(ep.IPv4) })
+
+	ident, _, err := a.ids.Allocate(ctx, lbls)
+	if err != nil {
+		return nil, badRequest(fmt.Errorf("identity: %w", err))
+	}
+	ep.Identity = ident.ID
+	undo = append(undo, func() { a.releaseIdentity(ident.ID) })
+
+	s := &epState{ep: ep}
+	a.eps[id] = s
+	undo = append(undo, func() { delete(a.eps, id) })
+	// Every endpoint's map learns of the identity (and of its named ports)
+	// before the endpoint's address can carry it.
+	a.repo.UpsertIdentity(a.selectable(ident))
+	resolved, err := a.resolveAll()
+	if err != nil {
+		return nil, err
+	}
+	delete(resolved, id)
+	if err := a.apply(resolved); err != nil {
+		return nil, err
+	}
+
+	veth, err := endpoint.PrepareVeth(nsPath, ep.Interface, contIf)
+	if err != nil {
+		if errors.Is(err, endpoint.ErrNetns) || errors.Is(err, endpoint.ErrIfaceExists) {
+			return nil, badRequest(err)
+		}
+		return nil, err
+	}
+	defer veth.Close()
+	undo = append(undo, func() { _ = veth.Delete() })
+	s.ep.IfIndex = veth.HostIndex
+	s.ep.MAC = veth.ContMAC.String()
+
+	res, err := a.repo.Resolve(a.policyEndpoint(s))
+	if err != nil {
+		return nil, fmt.Errorf("resolve policy: %w", err)
+	}
+	if n, max := len(res.MapState), a.dp.PolicyMapMaxEntries(); n > max {
+		return nil, api.Errorf(http.StatusUnprocessableEntity, "endpoint %d (%s): policy needs %d policy map entries, capacity %d", id, name, n, max)
+	}
+	if err := a.dp.AddEndpoint(a.dpEndpoint(s), res.MapState); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = a.dp.RemoveEndpoint(id, s.ep.IfIndex) })
+	s.resolved, s.revision = res, a.repo.Revision()
+
+	prefix := netip.PrefixFrom(ep.IPv4, 32)
+	if err := a.ipc.UpsertSecurity(prefix, ipcache.Security{Identity: ep.Identity, InCluster: true, Source: "endpoint"}); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = a.ipc.DeleteSecurity(prefix) })
+
+	if err := veth.Configure(ep.IPv4, a.pool.Gateway()); err != nil {
+		return nil, err
+	}
+	a.nextID++
+	a.names.Store(id, name)
+	if err := a.persist(); err != nil {
+		return nil, err
+	}
+	a.log.Info("endpoint added", "id", id, "name", name, "ipv4", ep.IPv4, "identity", ep.Identity, "labels", lbls.String())
+	out := a.apiEndpoint(s)
+	return &out, nil
+}
+
+// releaseIdentity drops a reference; when the identity goes, the
+// repository forgets it and policies drop its entries.
+func (a *Agent) releaseIdentity(id identity.NumericIdentity) {
+	released, err := a.ids.Release(context.Background(), id)
+	if err != nil {
+		a.log.Warn("release identity", "identity", id, "error", err)
+		return
+	}
+	if released {
+		a.repo.RemoveIdentity(id)
+		if err := a.regenerate(); err != nil {
+			a.log.Error("regenerate policy after releasing an identity", "identity", id, "error", err)
+		}
+		return
+	}
+	if ident := a.ids.Lookup(id); ident != nil {
+		// Named ports of the identity may have changed.
+		a.repo.UpsertIdentity(a.selectable(ident))
+	}
+}
+
+// DeleteEndpoint removes an endpoint and everything made for it.
+func (a *Agent) DeleteEndpoint(ctx context.Context, id uint32) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.eps[id]
+	if !ok {
+		return api.Errorf(http.StatusNotFound, "endpoint %d: %v", id, errNotFound)
+	}
+	var errs []error
+	if err := endpoint.DeleteHostLink(s.ep.Interface); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.dp.RemoveEndpoint(id, s.ep.IfIndex); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.ipc.DeleteSecurity(netip.PrefixFrom(s.ep.IPv4, 32)); err != nil {
+		errs = append(errs, err)
+	}
+	a.pool.Release(s.ep.IPv4)
+	delete(a.eps, id)
+	a.names.Delete(id)
+	a.releaseIdentity(s.ep.Identity)
+	if err := a.persist(); err != nil {
+		errs = append(errs, err)
+	}
+	a.log.Info("endpoint deleted", "id", id, "name", s.ep.Name)
+	return errors.Join(errs...)
+}
+
+// UpdateEndpoint replaces an endpoint's labels (a new identity, policies
+// recomputed everywhere) or switches its audit mode; enforced on return.
+func (a *Agent) UpdateEndpoint(ctx context.Context, id uint32, upd api.EndpointUpdate) (*api.Endpoint, error) {
+	var lbls labels.Labels
+	if upd.Labels != nil {
+		var err error
+		if lbls, err = parseLabels(upd.Labels); err != nil {
+			return nil, err
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.eps[id]
+	if !ok {
+		return nil, api.Errorf(http.StatusNotFound, "endpoint %d: %v", id, errNotFound)
+	}
+	if upd.Audit != nil && *upd.Audit != s.ep.Audit {
+		s.ep.Audit = *upd.Audit
+		if err := a.dp.UpdateEndpoint(a.dpEndpoint(s)); err != nil {
+			return nil, err
+		}
+	}
+	if upd.Labels != nil && !lbls.Equal(s.ep.Labels) {
+		if err := a.relabel(ctx, s, lbls); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.persist(); err != nil {
+		return nil, err
+	}
+	out := a.apiEndpoint(s)
+	return &out, nil
+}
+
+func (a *Agent) relabel(ctx context.Context, s *epState, lbls labels.Labels) error {
+	ident, _, err := a.ids.Allocate(ctx, lbls)
+	if err != nil {
+		return badRequest(fmt.Errorf("identity: %w", err))
+	}
+	old := s.ep
+	s.ep.Labels, s.ep.Identity = lbls, ident.ID
+	a.repo.UpsertIdentity(a.selectable(ident))
+	// Other endpoints learn the new identity, this one gets the policy of
+	// its new labels; then its address carries the new identity.
+	if err := a.regenerate(); err != nil {
+		s.ep = old
+		a.releaseIdentity(ident.ID)
+		return err
+	}
+	if err := a.ipc.UpsertSecurity(netip.PrefixFrom(s.ep.IPv4, 32), ipcache.Security{Identity: ident.ID, InCluster: true, Source: "endpoint"}); err != nil {
+		return err
+	}
+	if err := a.dp.UpdateEndpoint(a.dpEndpoint(s)); err != nil {
+		return err
+	}
+	a.releaseIdentity(old.Identity)
+	a.log.Info("endpoint labels updated", "id", s.ep.ID, "identity", ident.ID, "labels", lbls.String())
+	return nil
+}
+
+// ListEndpoints lists endpoints by id.
+func (a *Agent) ListEndpoints(ctx context.Context) []api.Endpoint {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []api.Endpoint{}
+	for _, id := range sortedIDs(a.eps) {
+		out = append(out, a.apiEndpoint(a.eps[id]))
+	}
+	return out
+}
+
+// GetEndpoint returns one endpoint.
+func (a *Agent) GetEndpoint(ctx context.Context, id uint32) (*api.Endpoint, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.eps[id]
+	if !ok {
+		return nil, api.Errorf(http.StatusNotFound, "endpoint %d: %v", id, errNotFound)
+	}
+	out := a.apiEndpoint(s)
+	return &out, nil
+}
+
+func (a *Agent) apiEndpoint(s *epState) api.Endpoint {
+	out := api.Endpoint{Endpoint: s.ep, State: "ready"}
+	out.Audit = s.ep.Audit || a.cfg.Audit
+	if s.resolved != nil {
+		out.Policy = api.EndpointPolicy{
+			IngressEnforced: s.resolved.IngressEnforced, EgressEnforced: s.resolved.EgressEnforced,
+			Revision: s.revision, Entries: len(s.resolved.MapState),
+		}
+	}
+	return out
+}

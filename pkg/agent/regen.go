@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sort"
+
+	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/datapath"
+	"github.com/membrane-net/membrane/pkg/endpoint"
+	"github.com/membrane-net/membrane/pkg/identity"
+	"github.com/membrane-net/membrane/pkg/labels"
+	"github.com/membrane-net/membrane/pkg/policy"
+	"github.com/membrane-net/membrane/pkg/policy/mapstate"
+)
+
+func sortedIDs(m map[uint32]*epState) []uint32 {
+	ids := make([]uint32, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+func (a *Agent) policyEndpoint(s *epState) policy.Endpoint {
+	pe := policy.Endpoint{ID: uint64(s.ep.ID), Identity: s.ep.Identity, Labels: s.ep.Labels}
+	for _, np := range s.ep.NamedPorts {
+		proto, _ := endpoint.ProtocolNumber(np.Protocol)
+		pe.NamedPorts = append(pe.NamedPorts, policy.NamedPort{Name: np.Name, Port: np.Port, Protocol: proto})
+	}
+	return pe
+}
+
+func (a *Agent) dpEndpoint(s *epState) datapath.Endpoint {
+	audit := s.ep.Audit || a.cfg.Audit
+	return datapath.Endpoint{
+		ID: s.ep.ID, IfIndex: s.ep.IfIndex, Identity: uint32(s.ep.Identity), IPv4: s.ep.IPv4,
+		AuditIngress: audit, AuditEgress: audit,
+	}
+}
+
+// resolveAll computes the policy of every endpoint and checks that each
+// fits its map, writing nothing. The caller holds mu.
+func (a *Agent) resolveAll() (map[uint32]*policy.Resolved, error) {
+	out := make(map[uint32]*policy.Resolved, len(a.eps))
+	var over []string
+	for _, id := range sortedIDs(a.eps) {
+		s := a.eps[id]
+		res, err := a.repo.Resolve(a.policyEndpoint(s))
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %d (%s): resolve policy: %w", id, s.ep.Name, err)
+		}
+		if n, max := len(res.MapState), a.dp.PolicyMapMaxEntries(); n > max {
+			over = append(over, fmt.Sprintf("endpoint %d (%s): %d policy map entries, capacity %d", id, s.ep.Name, n, max))
+		}
+		out[id] = res
+	}
+	if len(over) > 0 {
+		return nil, &api.StatusError{
+			Code:    http.StatusUnprocessableEntity,
+			Err:     fmt.Errorf("policy does not fit the policy map of %d endpoint(s): %s", len(over), over[0]),
+			Details: over,
+		}
+	}
+	return out, nil
+}
+
+// apply writes resolved policies to the kernel, then resets the tracked
+// connections whose verdict the new policy changes, so that a new deny
+// also applies to connections already open. The caller holds mu.
+func (a *Agent) apply(resolved map[uint32]*policy.Resolved) error {
+	rev := a.repo.Revision()
+	var changed []uint32
+	for _, id := range sortedIDs(a.eps) {
+		res, ok := resolved[id]
+		if !ok {
+			continue
+		}
+		s := a.eps[id]
+		n, err := a.dp.SyncPolicy(id, res.MapState)
+		if err != nil {
+			return fmt.Errorf("endpoint %d: %w", id, err)
+		}
+		if n > 0 {
+			changed = append(changed, id)
+		}
+		s.resolved, s.revision = res, rev
+	}
+	if len(changed) > 0 {
+		a.flushChangedConnections(changed)
+	}
+	return nil
+}
+
+// regenerate resolves and applies the policy of every endpoint.
+func (a *Agent) regenerate() error {
+	res, err := a.resolveAll()
+	if err != nil {
+		return err
+	}
+	return a.apply(res)
+}
+
+// flushChangedConnections deletes the conntrack entries of the given
+// endpoints whose verdict under the current policy differs from the one
+// they were created with (allowed -> denied, or a different L7 redirect).
+func (a *Agent) flushChangedConnections(ids []uint32) {
+	want := map[uint32]mapstate.MapState{}
+	for _, id := range ids {
+		if s, ok := a.eps[id]; ok && s.resolved != nil {
+			want[id] = s.resolved.MapState
+		}
+	}
+	n, err := a.dp.FlushCT(func(e datapath.CTEntry) bool {
+		ms, ok := want[e.EndpointID]
+		if !ok || e.Audit {
+			return false
+		}
+		egress := e.Dir == "egress"
+		peerAddr := e.Src.Addr()
+		port := e.Dst.Port()
+		if egress {
+			peerAddr = e.Dst.Addr()
+		}
+		v := a.ipc.Lookup(peerAddr)
+		peer := mapstate.Peer{Identity: identity.NumericIdentity(v.Identity), CIDRIdentity: identity.NumericIdentity(v.CIDRIdentity), InCluster: v.InCluster}
+		if e.Protocol == mapstate.ProtoICMP {
+			port = 8 // echo: the only ICMP tracked as a connection
+		}
+		d := ms.Decide(peer, egress, e.Protocol, port)
+		return !d.Allowed || d.ProxyPort != e.ProxyPort
+	})
+	if err != nil {
+		a.log.Warn("reset connections after a policy change", "error", err)
+	} else if n > 0 {
+		a.log.Info("reset connections the new policy no longer allows", "connections", n)
+	}
+}
+
+// syncCIDRIdentities gives every CIDR of the repository an identity and
+// releases those of CIDRs no policy names any more. New identities are
+// told to the repository; the caller then regenerates and, after that,
+// updates the ipcache (so map entries exist before addresses map to
+// them) and finally calls dropStaleCIDRs.
+func (a *Agent) syncCIDRIdentities() error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range a.repo.Prefixes() {
+		want[p.Masked()] = true
+	}
+	for p := range want {
+		if _, ok := a.cidrIDs[p]; ok {
+			continue
+		}
+		id, _, err := a.ids.Allocate(context.Background(), labels.New(labels.Label{Source: labels.SourceCIDR, Key: p.String()}))
+		if err != nil {
+			return fmt.Errorf("identity for CIDR %s: %w", p, err)
+		}
+		a.cidrIDs[p] = id.ID
+		a.repo.UpsertIdentity(policy.SelectableIdentity{ID: id.ID, Labels: id.Labels, Prefix: p})
+	}
+	return nil
+}
+
+// staleCIDRs lists the CIDR identities no policy needs any more.
+func (a *Agent) staleCIDRs() map[netip.Prefix]identity.NumericIdentity {
+	want := map[netip.Prefix]bool{}
+	for _, p := range a.repo.Prefixes() {
+		want[p.Masked()] = true
+	}
+	stale := map[netip.Prefix]identity.NumericIdentity{}
+	for p, id := range a.cidrIDs {
+		if !want[p] {
+			stale[p] = id
+		}
+	}
+	return stale
+}
+
+// publishCIDRs points the ipcache at the current CIDR identities, then
+// releases the stale ones and removes their entries from the policy maps.
+func (a *Agent) publishCIDRs() error {
+	stale := a.staleCIDRs()
+	live := map[netip.Prefix]identity.NumericIdentity{}
+	for p, id := range a.cidrIDs {
+		if _, s := stale[p]; !s {
+			live[p] = id
+		}
+	}
+	if err := a.ipc.SetCIDRs(live); err != nil {
+		return err
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	for p, id := range stale {
+		delete(a.cidrIDs, p)
+		if _, err := a.ids.Release(context.Background(), id); err != nil {
+			a.log.Warn("release CIDR identity", "cidr", p, "error", err)
+		}
+		a.repo.RemoveIdentity(id)
+	}
+	return a.regenerate()
+}
