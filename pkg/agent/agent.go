@@ -23,6 +23,7 @@ import (
 	"github.com/membrane-net/membrane/pkg/ipcache"
 	"github.com/membrane-net/membrane/pkg/monitor"
 	"github.com/membrane-net/membrane/pkg/policy"
+	"github.com/membrane-net/membrane/pkg/proxy"
 	"github.com/membrane-net/membrane/pkg/state"
 )
 
@@ -40,7 +41,9 @@ type Config struct {
 	// HostIfName is the host side of the veth pair holding the host's
 	// address in the pool.
 	HostIfName string
-	Version    string
+	// ProxyPort is the L7 proxy's listening port; 0 disables L7 policy.
+	ProxyPort uint16
+	Version   string
 }
 
 // Defaults of the configuration.
@@ -77,6 +80,10 @@ type Agent struct {
 
 	srv     *api.Server
 	started time.Time
+
+	proxy      *proxy.Proxy
+	l7         l7Store
+	socketRule bool
 }
 
 type epState struct {
@@ -126,7 +133,20 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	if err := a.dp.SetVerdictEvents(false); err != nil {
 		return nil, err
 	}
-	a.repo = policy.NewRepository(policy.Config{EnforcementMode: cfg.EnablePolicy}, log)
+	pcfg := policy.Config{EnforcementMode: cfg.EnablePolicy}
+	if cfg.ProxyPort != 0 {
+		port := cfg.ProxyPort
+		pcfg.ProxyPort = func(bool) uint16 { return port }
+		if err := a.startProxy(); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				a.proxy.Close()
+			}
+		}()
+	}
+	a.repo = policy.NewRepository(pcfg, log)
 	a.ipc = ipcache.New(a.dp)
 	if err := a.restore(st); err != nil {
 		return nil, fmt.Errorf("restore state: %w", err)
@@ -174,7 +194,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		a.serveProxy(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		if err := a.dp.ReadEvents(ctx, a.onDatapathEvent); err != nil {
@@ -208,6 +232,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.proxy != nil {
+		a.proxy.Close()
+	}
 	return a.dp.Close()
 }
 

@@ -194,6 +194,8 @@ func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (_ *ap
 	}
 	undo = append(undo, func() { _ = a.dp.RemoveEndpoint(id, s.ep.IfIndex) })
 	s.resolved, s.revision = res, a.repo.Revision()
+	a.l7.set(id, res)
+	undo = append(undo, func() { a.l7.del(id) })
 
 	prefix := netip.PrefixFrom(ep.IPv4, 32)
 	if err := a.ipc.UpsertSecurity(prefix, ipcache.Security{Identity: ep.Identity, InCluster: true, Source: "endpoint"}); err != nil {
@@ -256,6 +258,7 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, id uint32) error {
 	a.pool.Release(s.ep.IPv4)
 	delete(a.eps, id)
 	a.names.Delete(id)
+	a.l7.del(id)
 	a.releaseIdentity(s.ep.Identity)
 	if err := a.persist(); err != nil {
 		errs = append(errs, err)

@@ -47,6 +47,12 @@ func (a *Agent) ensureHostDevice() error {
 			}
 		}
 	}
+	// Ingress L7 redirects are hairpinned into this device: it must not
+	// filter them by reverse path.
+	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/rp_filter", []byte("0"), 0o644)
+	if err := a.dp.AttachHostDevice(l.Attrs().Index, l.Attrs().HardwareAddr); err != nil {
+		return err
+	}
 	return nil
 }
 

@@ -88,10 +88,12 @@ func (a *Agent) apply(resolved map[uint32]*policy.Resolved) error {
 			changed = append(changed, id)
 		}
 		s.resolved, s.revision = res, rev
+		a.l7.set(id, res)
 	}
 	if len(changed) > 0 {
 		a.flushChangedConnections(changed)
 	}
+	a.syncSocketRule()
 	return nil
 }
 
@@ -116,7 +118,7 @@ func (a *Agent) flushChangedConnections(ids []uint32) {
 	}
 	n, err := a.dp.FlushCT(func(e datapath.CTEntry) bool {
 		ms, ok := want[e.EndpointID]
-		if !ok || e.Audit {
+		if !ok || e.Audit || e.ProxyUpstream {
 			return false
 		}
 		egress := e.Dir == "egress"
@@ -131,7 +133,10 @@ func (a *Agent) flushChangedConnections(ids []uint32) {
 			port = 8 // echo: the only ICMP tracked as a connection
 		}
 		d := ms.Decide(peer, egress, e.Protocol, port)
-		return !d.Allowed || d.ProxyPort != e.ProxyPort
+		// A connection that now needs L7 checks must start again through
+		// the proxy; one on the proxy stays there (the proxy then applies
+		// the new policy to its next request).
+		return !d.Allowed || (e.ProxyPort == 0 && d.ProxyPort != 0)
 	})
 	if err != nil {
 		a.log.Warn("reset connections after a policy change", "error", err)

@@ -101,7 +101,9 @@ func (a *Agent) restore(st *state.State) error {
 			return err
 		}
 		s.resolved, s.revision = res, a.repo.Revision()
+		a.l7.set(id, res)
 	}
+	a.syncSocketRule()
 	pinned, err := a.dp.PinnedEndpoints()
 	if err != nil {
 		return err

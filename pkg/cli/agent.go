@@ -56,6 +56,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.BoolVar(&cfg.Audit, "audit", false, "audit mode: would-be drops pass and are reported with verdict AUDIT")
 	f.Uint32Var(&maxEntries, "policy-map-max-entries", 16384, "capacity of each endpoint's policy map")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.Uint16Var(&cfg.ProxyPort, "proxy-port", agent.DefaultProxyPort, "port of the L7 proxy's transparent listener (0 disables L7 policy)")
 	f.StringVar(&cfg.HostIfName, "host-ifname", agent.DefaultHostIfName, "name of the host device holding the pool's gateway address (at most 15 characters, ending in _host)")
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
 		switch strings.ToLower(cfg.EnablePolicy) {

@@ -22,8 +22,10 @@ type CTEntry struct {
 	Closing      bool           `json:"closing,omitempty"`
 	Audit        bool           `json:"audit,omitempty"`
 	SeenReply    bool           `json:"seenReply,omitempty"`
-	ExpiresIn    time.Duration  `json:"expiresIn"`
-	Age          time.Duration  `json:"age"`
+	// ProxyUpstream: a connection the L7 proxy opened.
+	ProxyUpstream bool          `json:"proxyUpstream,omitempty"`
+	ExpiresIn     time.Duration `json:"expiresIn"`
+	Age           time.Duration `json:"age"`
 }
 
 func monotonicNow() uint64 {
@@ -39,7 +41,7 @@ func ctEntry(k *bpfCtKey, v *bpfCtEntry, now uint64) CTEntry {
 		Src: netip.AddrPortFrom(src, k.Sport), Dst: netip.AddrPortFrom(dst, k.Dport),
 		Protocol: k.Protocol, Dir: DirName(k.Dir), EndpointID: v.EpId, PeerIdentity: v.PeerIdentity,
 		ProxyPort: v.ProxyPort, Closing: v.Flags&ctFlagClosing != 0, Audit: v.Flags&ctFlagAudit != 0,
-		SeenReply: v.Flags&ctFlagSeenReply != 0,
+		SeenReply: v.Flags&ctFlagSeenReply != 0, ProxyUpstream: v.Flags&ctFlagProxyUpstream != 0,
 		ExpiresIn: time.Duration(int64(v.ExpiresNs) - int64(now)),
 		Age:       time.Duration(int64(now) - int64(v.CreatedNs)),
 	}

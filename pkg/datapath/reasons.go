@@ -34,6 +34,7 @@ const (
 	ctFlagClosing              = 1
 	ctFlagAudit                = 2
 	ctFlagSeenReply            = 4
+	ctFlagProxyUpstream        = 8
 	familyIPv4                 = 4
 )
 

@@ -48,16 +48,17 @@ var testSeq atomic.Int32
 
 // Agent is a membrane agent process run by a test.
 type Agent struct {
-	t        *testing.T
-	Socket   string
-	StateDir string
-	BPFFS    string
-	HostIf   string
-	Pool     string
-	Client   *api.Client
-	cmd      *exec.Cmd
-	logPath  string
-	extra    []string
+	t         *testing.T
+	Socket    string
+	StateDir  string
+	BPFFS     string
+	HostIf    string
+	Pool      string
+	ProxyPort int
+	Client    *api.Client
+	cmd       *exec.Cmd
+	logPath   string
+	extra     []string
 }
 
 // startAgent runs `membrane agent` with its own socket, state, bpffs
@@ -72,6 +73,7 @@ func startAgent(t *testing.T, extra ...string) *Agent {
 		t: t, Socket: filepath.Join(dir, "membrane.sock"), StateDir: filepath.Join(dir, "state"),
 		BPFFS: fmt.Sprintf("/sys/fs/bpf/membrane-e2e-%d-%d", os.Getpid(), n), HostIf: fmt.Sprintf("mbrt%d_host", n%1000),
 		Pool: fmt.Sprintf("10.%d.%d.0/24", 100+n/250%50, n%250), logPath: filepath.Join(dir, "agent.log"), extra: extra,
+		ProxyPort: 16000 + n%1000,
 	}
 	a.Client = api.NewClient(a.Socket)
 	a.start()
@@ -103,7 +105,7 @@ func (a *Agent) start() {
 		a.t.Fatal(err)
 	}
 	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
-		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--log-level", "debug"}, a.extra...)
+		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.ProxyPort), "--log-level", "debug"}, a.extra...)
 	cmd := exec.Command(membraneBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
