@@ -75,7 +75,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := d.connect(ctx); err != nil {
 		return err
 	}
-	return d.l3l4(ctx)
+	if err := d.l3l4(ctx); err != nil {
+		return err
+	}
+	if err := d.l7Guide(ctx); err != nil {
+		return err
+	}
+	return d.starWars(ctx)
 }
 
 func (d *Demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
@@ -97,7 +103,7 @@ func (d *Demo) connect(ctx context.Context) error {
 	bpffs := fmt.Sprintf("/sys/fs/bpf/membrane-demo-%d", os.Getpid())
 	cfg := agent.Config{
 		Socket: filepath.Join(tmp, "membrane.sock"), StateDir: filepath.Join(tmp, "state"),
-		BPFFSDir: bpffs, HostIfName: "mbrdemo_host", Version: "demo",
+		BPFFSDir: bpffs, HostIfName: "mbrdemo_host", Version: "demo", ProxyPort: agent.DefaultProxyPort,
 	}
 	logf, err := os.Create(filepath.Join(os.TempDir(), "membrane-demo-agent.log"))
 	if err != nil {
@@ -210,7 +216,7 @@ func (d *Demo) expect(from, method, url string, wantStatus int, wantBody string)
 	status, body, err := d.request(from, method, url)
 	switch {
 	case wantStatus == 0 && err != nil:
-		d.say("  no answer (%v): dropped, as the policy says", shortErr(err))
+		d.say("  no answer (%s): dropped, as the policy says", shortErr(err))
 		return nil
 	case wantStatus == 0:
 		return fmt.Errorf("%s %s from %s: got %d %q, want the connection dropped", method, url, from, status, body)
@@ -224,6 +230,10 @@ func (d *Demo) expect(from, method, url string, wantStatus int, wantBody string)
 }
 
 func shortErr(err error) string {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timed out"
+	}
 	s := err.Error()
 	if i := strings.LastIndex(s, ": "); i >= 0 {
 		return s[i+2:]
@@ -272,9 +282,13 @@ func (d *Demo) l3l4(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := d.serveHTTP("app1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app1 := http.NewServeMux()
+	app1.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "Hello from app1 (%s %s)\n", r.Method, r.URL.Path)
-	})); err != nil {
+	})
+	app1.HandleFunc("/public", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "public data") })
+	app1.HandleFunc("/private", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "private data") })
+	if err := d.serveHTTP("app1", app1); err != nil {
 		return err
 	}
 	url := fmt.Sprintf("http://%s:80/", d.eps["app1"].IPv4)
