@@ -33,8 +33,21 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
+# Debian packages the tests and benchmarks use; make deps installs the missing ones.
+DEB_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables nftables iperf3 wrk \
+	nginx-light busybox-static docker.io podman containernetworking-plugins runc catatonit \
+	etcd-server etcd-client curl
+.PHONY: deps
+deps: ## Install what a fresh machine lacks (Debian packages, cnitool); needs root
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@command -v cnitool >/dev/null || [ -x "$$($(GO) env GOPATH)/bin/cnitool" ] || $(GO) install github.com/containernetworking/cni/cnitool@v1.3.1
+
 .PHONY: test
-test: ## The whole suite, as CI runs it (needs root): lint, generated objects, unit, race, privileged, conformance, benchmarks once
+test: deps ## The whole suite, as CI runs it (needs root): lint, generated objects, unit, race, privileged, conformance, benchmarks once
 	$(MAKE) lint
 	$(MAKE) check-generate
 	$(MAKE) test-race
