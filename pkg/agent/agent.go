@@ -73,6 +73,9 @@ type Agent struct {
 	nextID  uint32
 	cidrIDs map[netip.Prefix]identity.NumericIdentity
 	hostIPs map[netip.Addr]bool
+	// pending are endpoints being created, on disk before the kernel is
+	// touched.
+	pending map[uint32]state.Pending
 
 	hub *monitor.Hub
 	// names maps endpoint ids to names for events, read without mu.
@@ -105,6 +108,7 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		eps:     map[uint32]*epState{},
 		cidrIDs: map[netip.Prefix]identity.NumericIdentity{},
 		hostIPs: map[netip.Addr]bool{},
+		pending: map[uint32]state.Pending{},
 		started: time.Now(),
 	}
 	if a.pool, err = ipam.New(cfg.IPv4Pool); err != nil {
@@ -258,6 +262,9 @@ func (a *Agent) gcLoop(ctx context.Context) {
 // persist writes the state file; the caller holds mu.
 func (a *Agent) persist() error {
 	st := &state.State{NextEndpointID: a.nextID, Revision: a.repo.Revision()}
+	for _, p := range a.pending {
+		st.Pending = append(st.Pending, p)
+	}
 	for _, id := range sortedIDs(a.eps) {
 		ep := a.eps[id].ep
 		st.Endpoints = append(st.Endpoints, &ep)

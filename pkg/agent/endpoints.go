@@ -18,6 +18,7 @@ import (
 	"github.com/membrane-net/membrane/pkg/ipam"
 	"github.com/membrane-net/membrane/pkg/ipcache"
 	"github.com/membrane-net/membrane/pkg/labels"
+	"github.com/membrane-net/membrane/pkg/state"
 )
 
 func badRequest(err error) error { return api.WithStatus(http.StatusBadRequest, err) }
@@ -61,66 +62,173 @@ func netnsKey(path string) (string, error) {
 
 // AddEndpoint wires a namespace as an endpoint. When it returns the
 // endpoint's policy is enforced; on any failure nothing is left behind.
-func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (_ *api.Endpoint, err error) {
+func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (*api.Endpoint, error) {
 	lbls, err := parseLabels(req.Labels)
 	if err != nil {
 		return nil, err
 	}
-	nps, err := endpoint.ValidateNamedPorts(req.NamedPorts)
-	if err != nil {
-		return nil, badRequest(err)
-	}
-	contIf := req.Interface
-	if contIf == "" {
-		contIf = endpoint.DefaultContainerIfName
-	}
-	if err := validIfName(contIf); err != nil {
-		return nil, badRequest(err)
-	}
-	var want netip.Addr
-	if req.IPv4 != "" {
-		if want, err = netip.ParseAddr(req.IPv4); err != nil || !want.Is4() {
-			return nil, badRequest(fmt.Errorf("ipv4 %q is not an IPv4 address", req.IPv4))
-		}
-	}
 	if req.Netns == "" {
 		return nil, badRequest(errors.New("netns: a network namespace path is required"))
 	}
-	nsPath, err := filepath.Abs(req.Netns)
+	spec, err := a.endpointSpec(req, lbls)
 	if err != nil {
-		return nil, badRequest(fmt.Errorf("netns %q: %w", req.Netns, err))
+		return nil, err
 	}
-	if _, err := os.Stat(nsPath); err != nil {
-		return nil, badRequest(fmt.Errorf("netns %s: %w", nsPath, err))
-	}
-	name := req.Name
-	if name == "" {
-		name = filepath.Base(nsPath)
-	}
-	if len(name) > 253 || strings.ContainsAny(name, "\x00\n") {
-		return nil, badRequest(fmt.Errorf("name %q: at most 253 characters, no NUL or newline", name))
-	}
+	out, _, err := a.createEndpoint(ctx, spec)
+	return out, err
+}
 
+// PrepareRequest asks for an endpoint whose container side a runtime
+// configures (Docker's libnetwork moves the peer into the sandbox and
+// gives it its address and routes).
+type PrepareRequest struct {
+	Name        string
+	ContainerID string
+	// Labels may be reserved:init while the container's labels are not
+	// known yet.
+	Labels labels.Labels
+	IPv4   netip.Addr
+	// AddressAllocated: IPv4 came from AllocateAddress for this endpoint.
+	AddressAllocated bool
+}
+
+// PrepareEndpoint creates an endpoint whose veth peer stays in the host
+// namespace, named PeerName, for a runtime to move into the container.
+// Policy is enforced on the endpoint when it returns.
+func (a *Agent) PrepareEndpoint(ctx context.Context, req PrepareRequest) (*api.Endpoint, string, error) {
+	if !req.IPv4.Is4() {
+		return nil, "", badRequest(errors.New("prepare endpoint: an IPv4 address is required"))
+	}
+	if err := identity.Validate(req.Labels); err != nil {
+		return nil, "", badRequest(err)
+	}
+	spec := endpointSpec{
+		name: req.Name, labels: req.Labels, ipv4: req.IPv4, containerID: req.ContainerID,
+		contIf: endpoint.DefaultContainerIfName, prepared: true, addressAllocated: req.AddressAllocated,
+	}
+	if spec.name == "" {
+		spec.name = req.ContainerID
+	}
+	if err := validName(spec.name); err != nil {
+		return nil, "", err
+	}
+	return a.createEndpoint(ctx, spec)
+}
+
+// SetEndpointNetns records the namespace a runtime put a prepared
+// endpoint in.
+func (a *Agent) SetEndpointNetns(id uint32, path string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	nsKey, err := netnsKey(nsPath)
-	if err != nil {
-		return nil, badRequest(fmt.Errorf("netns %s: %w", nsPath, err))
+	s, ok := a.eps[id]
+	if !ok {
+		return api.Errorf(http.StatusNotFound, "endpoint %d: %v", id, errNotFound)
+	}
+	s.ep.Netns = path
+	return a.persist()
+}
+
+// AllocateAddress takes an address from the pool (IPAM for runtimes).
+func (a *Agent) AllocateAddress(owner string) (netip.Addr, error) {
+	return a.pool.Allocate(owner)
+}
+
+// ReserveAddress takes a given address (IPAM for runtimes).
+func (a *Agent) ReserveAddress(addr netip.Addr, owner string) error {
+	if a.hostIPs[addr] {
+		return api.Errorf(http.StatusConflict, "ipv4 %s: address in use by the host", addr)
+	}
+	return a.pool.Reserve(addr, owner)
+}
+
+// ReleaseAddress gives an address back unless an endpoint holds it.
+func (a *Agent) ReleaseAddress(addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.epByIP(addr) == nil {
+		a.pool.Release(addr)
+	}
+}
+
+// Pool is the address pool's prefix and gateway (the host's address).
+func (a *Agent) Pool() (netip.Prefix, netip.Addr) { return a.pool.Prefix(), a.pool.Gateway() }
+
+type endpointSpec struct {
+	name, netns, contIf, containerID string
+	labels                           labels.Labels
+	namedPorts                       []endpoint.NamedPort
+	ipv4                             netip.Addr
+	audit                            bool
+	prepared                         bool // the runtime configures the container side
+	addressAllocated                 bool
+}
+
+func validName(name string) error {
+	if name == "" || len(name) > 253 || strings.ContainsAny(name, "\x00\n") {
+		return badRequest(fmt.Errorf("name %q: 1 to 253 characters, no NUL or newline", name))
+	}
+	return nil
+}
+
+// endpointSpec validates a request.
+func (a *Agent) endpointSpec(req api.EndpointRequest, lbls labels.Labels) (endpointSpec, error) {
+	spec := endpointSpec{labels: lbls, containerID: req.ContainerID, audit: req.Audit, contIf: req.Interface}
+	var err error
+	if spec.namedPorts, err = endpoint.ValidateNamedPorts(req.NamedPorts); err != nil {
+		return spec, badRequest(err)
+	}
+	if spec.contIf == "" {
+		spec.contIf = endpoint.DefaultContainerIfName
+	}
+	if err := validIfName(spec.contIf); err != nil {
+		return spec, badRequest(err)
+	}
+	if req.IPv4 != "" {
+		if spec.ipv4, err = netip.ParseAddr(req.IPv4); err != nil || !spec.ipv4.Is4() {
+			return spec, badRequest(fmt.Errorf("ipv4 %q is not an IPv4 address", req.IPv4))
+		}
+	}
+	if spec.netns, err = filepath.Abs(req.Netns); err != nil {
+		return spec, badRequest(fmt.Errorf("netns %q: %w", req.Netns, err))
+	}
+	if _, err := os.Stat(spec.netns); err != nil {
+		return spec, badRequest(fmt.Errorf("netns %s: %w", spec.netns, err))
+	}
+	spec.name = req.Name
+	if spec.name == "" {
+		spec.name = filepath.Base(spec.netns)
+	}
+	return spec, validName(spec.name)
+}
+
+// createEndpoint makes an endpoint: address, identity, policy everywhere,
+// veth, datapath, ipcache, then the wiring. Its intent is written to the
+// state file first, so that an agent killed half way cleans up on restart.
+func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.Endpoint, peer string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var nsKey string
+	if !spec.prepared {
+		if nsKey, err = netnsKey(spec.netns); err != nil {
+			return nil, "", badRequest(fmt.Errorf("netns %s: %w", spec.netns, err))
+		}
 	}
 	for _, s := range a.eps {
-		if s.ep.Name == name {
-			return nil, api.Errorf(http.StatusConflict, "name %q: in use by endpoint %d", name, s.ep.ID)
+		if s.ep.Name == spec.name {
+			return nil, "", api.Errorf(http.StatusConflict, "name %q: in use by endpoint %d", spec.name, s.ep.ID)
 		}
-		if k, err := netnsKey(s.ep.Netns); err == nil && k == nsKey {
-			return nil, api.Errorf(http.StatusConflict, "netns %s: already endpoint %d (%s)", nsPath, s.ep.ID, s.ep.Name)
+		if nsKey != "" {
+			if k, err := netnsKey(s.ep.Netns); err == nil && k == nsKey {
+				return nil, "", api.Errorf(http.StatusConflict, "netns %s: already endpoint %d (%s)", spec.netns, s.ep.ID, s.ep.Name)
+			}
 		}
 	}
 
 	id := a.nextID
 	ep := endpoint.Endpoint{
-		ID: id, Name: name, Netns: nsPath, Labels: lbls, NamedPorts: nps,
-		Interface: endpoint.HostIfName(name, id), ContainerInterface: contIf,
-		ContainerID: req.ContainerID, Audit: req.Audit, Created: time.Now().UTC(),
+		ID: id, Name: spec.name, Netns: spec.netns, Labels: spec.labels, NamedPorts: spec.namedPorts,
+		Interface: endpoint.HostIfName(spec.name, id), ContainerInterface: spec.contIf,
+		ContainerID: spec.containerID, Audit: spec.audit, Created: time.Now().UTC(),
 	}
 	var undo []func()
 	defer func() {
@@ -131,26 +239,39 @@ func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (_ *ap
 		}
 	}()
 
-	owner := fmt.Sprintf("endpoint %d (%s)", id, name)
-	if want.IsValid() {
-		if a.hostIPs[want] {
-			return nil, api.Errorf(http.StatusConflict, "ipv4 %s: address in use by the host", want)
+	owner := fmt.Sprintf("endpoint %d (%s)", id, spec.name)
+	switch {
+	case spec.addressAllocated:
+		ep.IPv4 = spec.ipv4
+	case spec.ipv4.IsValid():
+		if a.hostIPs[spec.ipv4] {
+			return nil, "", api.Errorf(http.StatusConflict, "ipv4 %s: address in use by the host", spec.ipv4)
 		}
-		if err := a.pool.Reserve(want, owner); err != nil {
+		if err := a.pool.Reserve(spec.ipv4, owner); err != nil {
 			if errors.Is(err, ipam.ErrInUse) {
-				return nil, api.WithStatus(http.StatusConflict, err)
+				return nil, "", api.WithStatus(http.StatusConflict, err)
 			}
-			return nil, badRequest(err)
+			return nil, "", badRequest(err)
 		}
-		ep.IPv4 = want
-	} else if ep.IPv4, err = a.pool.Allocate(owner); err != nil {
-		return nil, api.WithStatus(http.StatusServiceUnavailable, err)
+		ep.IPv4 = spec.ipv4
+	default:
+		if ep.IPv4, err = a.pool.Allocate(owner); err != nil {
+			return nil, "", api.WithStatus(http.StatusServiceUnavailable, err)
+		}
 	}
 	undo = append(undo, func() { a.pool.Release(ep.IPv4) })
 
-	ident, _, err := a.ids.Allocate(ctx, lbls)
+	// The intent goes to disk before anything is made in the kernel.
+	a.nextID++
+	a.pending[id] = state.Pending{ID: id, Interface: ep.Interface}
+	undo = append(undo, func() { delete(a.pending, id); _ = a.persist() })
+	if err := a.persist(); err != nil {
+		return nil, "", err
+	}
+
+	ident, _, err := a.ids.Allocate(ctx, spec.labels)
 	if err != nil {
-		return nil, badRequest(fmt.Errorf("identity: %w", err))
+		return nil, "", badRequest(fmt.Errorf("identity: %w", err))
 	}
 	ep.Identity = ident.ID
 	undo = append(undo, func() { a.releaseIdentity(ident.ID) })
@@ -163,57 +284,70 @@ func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (_ *ap
 	a.repo.UpsertIdentity(a.selectable(ident))
 	resolved, err := a.resolveAll()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	delete(resolved, id)
 	if err := a.apply(resolved); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 
-	veth, err := endpoint.PrepareVeth(nsPath, ep.Interface, contIf)
+	var veth *endpoint.Veth
+	if spec.prepared {
+		veth, err = endpoint.PrepareHostVeth(ep.Interface)
+	} else {
+		veth, err = endpoint.PrepareVeth(spec.netns, ep.Interface, spec.contIf)
+	}
 	if err != nil {
 		if errors.Is(err, endpoint.ErrNetns) || errors.Is(err, endpoint.ErrIfaceExists) {
-			return nil, badRequest(err)
+			return nil, "", badRequest(err)
 		}
-		return nil, err
+		return nil, "", err
 	}
 	defer veth.Close()
 	undo = append(undo, func() { _ = veth.Delete() })
+	a.faultPoint("endpoint-after-veth")
 	s.ep.IfIndex = veth.HostIndex
 	s.ep.MAC = veth.ContMAC.String()
 
 	res, err := a.repo.Resolve(a.policyEndpoint(s))
 	if err != nil {
-		return nil, fmt.Errorf("resolve policy: %w", err)
+		return nil, "", fmt.Errorf("resolve policy: %w", err)
 	}
 	if n, max := len(res.MapState), a.dp.PolicyMapMaxEntries(); n > max {
-		return nil, api.Errorf(http.StatusUnprocessableEntity, "endpoint %d (%s): policy needs %d policy map entries, capacity %d", id, name, n, max)
+		return nil, "", api.Errorf(http.StatusUnprocessableEntity, "endpoint %d (%s): policy needs %d policy map entries, capacity %d", id, spec.name, n, max)
 	}
 	if err := a.dp.AddEndpoint(a.dpEndpoint(s), res.MapState); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	undo = append(undo, func() { _ = a.dp.RemoveEndpoint(id, s.ep.IfIndex) })
+	a.faultPoint("endpoint-after-attach")
 	s.resolved, s.revision = res, a.repo.Revision()
 	a.l7.set(id, res)
 	undo = append(undo, func() { a.l7.del(id) })
 
 	prefix := netip.PrefixFrom(ep.IPv4, 32)
 	if err := a.ipc.UpsertSecurity(prefix, ipcache.Security{Identity: ep.Identity, InCluster: true, Source: "endpoint"}); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	undo = append(undo, func() { _ = a.ipc.DeleteSecurity(prefix) })
 
-	if err := veth.Configure(ep.IPv4, a.pool.Gateway()); err != nil {
-		return nil, err
+	if spec.prepared {
+		err = veth.ConfigureHost(ep.IPv4, a.pool.Gateway())
+		peer = veth.PeerName()
+	} else {
+		err = veth.Configure(ep.IPv4, a.pool.Gateway())
 	}
-	a.nextID++
-	a.names.Store(id, name)
+	if err != nil {
+		return nil, "", err
+	}
+	delete(a.pending, id)
+	a.names.Store(id, spec.name)
 	if err := a.persist(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	a.log.Info("endpoint added", "id", id, "name", name, "ipv4", ep.IPv4, "identity", ep.Identity, "labels", lbls.String())
+	a.log.Info("endpoint added", "id", id, "name", spec.name, "ipv4", ep.IPv4, "identity", ep.Identity, "labels", spec.labels.String())
 	out := a.apiEndpoint(s)
-	return &out, nil
+	return &out, peer, nil
 }
 
 // releaseIdentity drops a reference; when the identity goes, the

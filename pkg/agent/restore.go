@@ -19,6 +19,16 @@ func (a *Agent) restore(st *state.State) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nextID = st.NextEndpointID
+	// Endpoints an earlier agent died creating: remove what it made.
+	for _, p := range st.Pending {
+		a.log.Warn("cleaning up an endpoint the previous agent did not finish", "endpoint", p.ID, "interface", p.Interface)
+		if err := endpoint.DeleteHostLink(p.Interface); err != nil {
+			a.log.Warn("delete interface", "interface", p.Interface, "error", err)
+		}
+		if err := a.dp.RemoveEndpoint(p.ID, 0); err != nil {
+			a.log.Warn("remove pins", "endpoint", p.ID, "error", err)
+		}
+	}
 	if err := a.ids.Restore(st.Identities); err != nil {
 		return err
 	}

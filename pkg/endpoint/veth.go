@@ -135,6 +135,61 @@ func PrepareVeth(netnsPath, hostName, contName string) (_ *Veth, err error) {
 	return v, nil
 }
 
+// PrepareHostVeth creates a veth pair whose peer stays in the host
+// namespace for a runtime to move into its container (Docker's
+// libnetwork). Both ends start down.
+func PrepareHostVeth(hostName string) (_ *Veth, err error) {
+	v := &Veth{HostName: hostName, ns: -1}
+	defer func() {
+		if err != nil {
+			v.Delete()
+		}
+	}()
+	if l, err := netlink.LinkByName(hostName); err == nil {
+		_ = netlink.LinkDel(l)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = hostName
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: tmpIfName(hostName)}); err != nil {
+		return nil, fmt.Errorf("create veth %s: %w", hostName, err)
+	}
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return nil, fmt.Errorf("find veth %s: %w", hostName, err)
+	}
+	v.HostIndex = host.Attrs().Index
+	v.HostMAC = host.Attrs().HardwareAddr
+	peer, err := netlink.LinkByName(tmpIfName(hostName))
+	if err != nil {
+		return nil, fmt.Errorf("find veth peer: %w", err)
+	}
+	v.ContMAC = peer.Attrs().HardwareAddr
+	for _, n := range []string{hostName, tmpIfName(hostName)} {
+		if err := writeSysctl("net/ipv6/conf/"+n+"/disable_ipv6", "1"); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeSysctl("net/ipv4/conf/"+hostName+"/forwarding", "1"); err != nil {
+		return nil, err
+	}
+	// The runtime gives the container a prefix and a gateway address it
+	// resolves with ARP: the host answers for every address it routes
+	// elsewhere.
+	if err := writeSysctl("net/ipv4/conf/"+hostName+"/proxy_arp", "1"); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// PeerName is the name of the peer while it is in the host namespace.
+func (v *Veth) PeerName() string { return tmpIfName(v.HostName) }
+
+// ConfigureHost sets up the host side only: up, a route to addr with src
+// hostIP, a static neighbour for the peer's MAC.
+func (v *Veth) ConfigureHost(addr, hostIP netip.Addr) error {
+	return v.configureHost(addr, hostIP)
+}
+
 // Configure moves the peer into the namespace, renames it, gives it addr/32
 // and a default route through GatewayIP, and routes addr to the host side
 // with src hostIP. Both ends come up last.
@@ -150,6 +205,10 @@ func (v *Veth) Configure(addr, hostIP netip.Addr) error {
 	if err := inNetns(v.ns, func() error { return v.configureInside(addr) }); err != nil {
 		return err
 	}
+	return v.configureHost(addr, hostIP)
+}
+
+func (v *Veth) configureHost(addr, hostIP netip.Addr) error {
 	host, err := netlink.LinkByIndex(v.HostIndex)
 	if err != nil {
 		return fmt.Errorf("find veth %s: %w", v.HostName, err)

@@ -25,6 +25,15 @@ type State struct {
 	Endpoints      []*endpoint.Endpoint `json:"endpoints"`
 	Identities     []*identity.Identity `json:"identities"`
 	Policies       []Policy             `json:"policies"`
+	// Pending are endpoints being created: an agent that finds some after
+	// a crash removes what was made for them.
+	Pending []Pending `json:"pending,omitempty"`
+}
+
+// Pending is an endpoint whose creation started.
+type Pending struct {
+	ID        uint32 `json:"id"`
+	Interface string `json:"interface"`
 }
 
 // Policy is one imported policy document as it was given.

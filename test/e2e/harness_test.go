@@ -59,6 +59,8 @@ type Agent struct {
 	cmd       *exec.Cmd
 	logPath   string
 	extra     []string
+	// Env is added to the agent's environment at its next start.
+	Env []string
 }
 
 // startAgent runs `membrane agent` with its own socket, state, bpffs
@@ -107,6 +109,7 @@ func (a *Agent) start() {
 	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
 		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.ProxyPort), "--log-level", "debug"}, a.extra...)
 	cmd := exec.Command(membraneBin, args...)
+	cmd.Env = append(os.Environ(), a.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
