@@ -96,7 +96,7 @@ func (a *Agent) changePolicy(change func() error) error {
 	before := a.repo.List()
 	rev := a.repo.Revision()
 	rollback := func() {
-		if err := a.restorePolicies(before, rev); err != nil {
+		if err := a.repo.Restore(before, rev); err != nil {
 			a.log.Error("roll back policy repository", "error", err)
 		}
 		for p, id := range a.staleCIDRs() {

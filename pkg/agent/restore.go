@@ -41,7 +41,7 @@ func (a *Agent) restore(st *state.State) error {
 		}
 		pols = append(pols, p)
 	}
-	if err := a.restorePolicies(pols, st.Revision); err != nil {
+	if err := a.repo.Restore(pols, st.Revision); err != nil {
 		return fmt.Errorf("stored policies: %w", err)
 	}
 	for _, sep := range st.Endpoints {
@@ -181,13 +181,3 @@ func (a *Agent) selectable(id *identity.Identity) policy.SelectableIdentity {
 	return si
 }
 
-// restorePolicies puts the repository back to pols.
-// TODO(policy): keep the revision once the repository can restore one.
-func (a *Agent) restorePolicies(pols []*policy.Policy, rev uint64) error {
-	a.repo.DeleteAll()
-	if len(pols) == 0 {
-		return nil
-	}
-	_, err := a.repo.Import(pols)
-	return err
-}
