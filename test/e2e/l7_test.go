@@ -186,3 +186,86 @@ func TestPrivilegedL7EgressAndClientAddress(t *testing.T) {
 		t.Fatalf("app2 GET /public after the change: %d", st)
 	}
 }
+
+// TestPrivilegedL7Robustness sends bad and hostile requests through the
+// real datapath redirect and the proxy.
+func TestPrivilegedL7Robustness(t *testing.T) {
+	a := startAgent(t)
+	srv := a.addEndpoint("srv", "id=srv")
+	cli := a.addEndpoint("cli", "id=cli")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
+	serveHTTP(t, srv.NS, 80, mux)
+	a.importPolicy("l7.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7}
+spec:
+  endpointSelector: {matchLabels: {id: srv}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {id: cli}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}, {port: "81", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/ok.*", headers: ["X-Token: secret"]}
+        - {method: POST, path: "/submit", host: "api\\.example\\.com"}
+`)
+	raw := func(req string) string {
+		c, err := dialNS(cli.NS, addr(srv, 80))
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.Write([]byte(req))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	status := func(resp string) string {
+		line, _, _ := strings.Cut(resp, "\r\n")
+		return line
+	}
+	cases := []struct {
+		name, req, want string
+	}{
+		{"header rule met", "GET /ok HTTP/1.1\r\nHost: x\r\nX-Token: secret\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"header rule unmet", "GET /ok HTTP/1.1\r\nHost: x\r\nX-Token: wrong\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
+		{"host rule met", "POST /submit HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"host rule unmet", "POST /submit HTTP/1.1\r\nHost: evil.example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
+		{"malformed", "GARBAGE\r\n\r\n", "HTTP/1.1 400"},
+		{"oversized headers", "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 200<<10) + "\r\n\r\n", "HTTP/1.1 431"},
+		{"http/1.0", "GET /ok HTTP/1.0\r\nX-Token: secret\r\n\r\n", "HTTP/1.0 200"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := status(raw(c.req)); !strings.HasPrefix(got, c.want) {
+				t.Fatalf("status line %q, want %s", got, c.want)
+			}
+		})
+	}
+	// Port 81 is allowed with L7 but nothing listens: the proxy answers 503.
+	t.Run("upstream refuses", func(t *testing.T) {
+		c, err := dialNS(cli.NS, addr(srv, 81))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("GET /ok HTTP/1.1\r\nHost: x\r\nX-Token: secret\r\nConnection: close\r\n\r\n"))
+		b, _ := io.ReadAll(c)
+		if got := status(string(b)); !strings.HasPrefix(got, "HTTP/1.1 503") {
+			t.Fatalf("status %q, want 503", got)
+		}
+	})
+	// Without the proxy (the agent is down) nothing redirected passes.
+	t.Run("proxy down fails closed", func(t *testing.T) {
+		a.kill()
+		if tcpOK(cli.NS, addr(srv, 80)) {
+			t.Fatal("a connection that needs L7 checks passed while the proxy is down")
+		}
+		a.start()
+		if got := status(raw("GET /ok HTTP/1.1\r\nHost: x\r\nX-Token: secret\r\nConnection: close\r\n\r\n")); !strings.HasPrefix(got, "HTTP/1.1 200") {
+			t.Fatalf("after restart: %q", got)
+		}
+	})
+}
