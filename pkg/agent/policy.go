@@ -95,26 +95,32 @@ func (a *Agent) ImportPolicy(ctx context.Context, req api.PolicyRequest) (*api.P
 func (a *Agent) changePolicy(change func() error) error {
 	before := a.repo.List()
 	rev := a.repo.Revision()
-	rollback := func() {
-		if err := a.repo.Restore(before, rev); err != nil {
-			a.log.Error("roll back policy repository", "error", err)
-		}
-		for p, id := range a.staleCIDRs() {
-			delete(a.cidrIDs, p)
-			_, _ = a.ids.Release(context.Background(), id)
-			a.repo.RemoveIdentity(id)
-		}
-	}
 	if err := change(); err != nil {
 		return api.WithStatus(http.StatusBadRequest, err)
 	}
+	err := a.enforcePolicy()
+	if err == nil {
+		return nil
+	}
+	// Nothing may change when a change cannot be enforced: back to the
+	// policies of before, and the kernel with them.
+	if rerr := a.repo.Restore(before, rev); rerr != nil {
+		a.log.Error("roll back policy repository", "error", rerr)
+	}
+	if rerr := a.enforcePolicy(); rerr != nil {
+		a.log.Error("re-enforce the policy of before a failed change", "error", rerr)
+	}
+	return err
+}
+
+// enforcePolicy brings identities, the kernel's maps and the ipcache to
+// the repository, then persists. The caller holds mu.
+func (a *Agent) enforcePolicy() error {
 	if err := a.syncCIDRIdentities(); err != nil {
-		rollback()
 		return err
 	}
 	resolved, err := a.resolveAll()
 	if err != nil {
-		rollback()
 		return err
 	}
 	if err := a.apply(resolved); err != nil {

@@ -151,10 +151,7 @@ func (a *Agent) flushChangedConnections(ids []uint32) {
 // updates the ipcache (so map entries exist before addresses map to
 // them) and finally calls dropStaleCIDRs.
 func (a *Agent) syncCIDRIdentities() error {
-	want := map[netip.Prefix]bool{}
-	for _, p := range a.repo.Prefixes() {
-		want[p.Masked()] = true
-	}
+	want := a.policyPrefixes()
 	for p := range want {
 		if _, ok := a.cidrIDs[p]; ok {
 			continue
@@ -169,12 +166,22 @@ func (a *Agent) syncCIDRIdentities() error {
 	return nil
 }
 
-// staleCIDRs lists the CIDR identities no policy needs any more.
-func (a *Agent) staleCIDRs() map[netip.Prefix]identity.NumericIdentity {
+// policyPrefixes are the CIDRs of the repository that need identities:
+// IPv4 ones, as the datapath enforces IPv4 only (IPv6 is dropped whatever
+// the policy says).
+func (a *Agent) policyPrefixes() map[netip.Prefix]bool {
 	want := map[netip.Prefix]bool{}
 	for _, p := range a.repo.Prefixes() {
-		want[p.Masked()] = true
+		if p.Addr().Is4() {
+			want[p.Masked()] = true
+		}
 	}
+	return want
+}
+
+// staleCIDRs lists the CIDR identities no policy needs any more.
+func (a *Agent) staleCIDRs() map[netip.Prefix]identity.NumericIdentity {
+	want := a.policyPrefixes()
 	stale := map[netip.Prefix]identity.NumericIdentity{}
 	for p, id := range a.cidrIDs {
 		if !want[p] {

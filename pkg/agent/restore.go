@@ -180,4 +180,3 @@ func (a *Agent) selectable(id *identity.Identity) policy.SelectableIdentity {
 	}
 	return si
 }
-

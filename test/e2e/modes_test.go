@@ -204,3 +204,27 @@ func TestPrivilegedTraceAgreesWithDatapath(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedIPv6CIDRsAccepted: Cilium's usual allow-all-egress names
+// ::/0 beside 0.0.0.0/0; IPv6 is not enforced yet, the policy must still
+// import and work for IPv4.
+func TestPrivilegedIPv6CIDRsAccepted(t *testing.T) {
+	a := startAgent(t)
+	app1 := a.addEndpoint("app1", "id=app1")
+	app2 := a.addEndpoint("app2", "id=app2")
+	serveTCP(t, app2.NS, 80)
+	a.importPolicy("egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-all-egress}
+spec:
+  endpointSelector: {matchLabels: {id: app1}}
+  egress:
+  - toCIDR: [0.0.0.0/0, "::/0"]
+  - toEndpoints: [{matchLabels: {id: app2}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	expectTCP(t, app1, addr(app2, 80), true)
+	if !strings.Contains(a.mustCLI("policy", "get"), "allow-all-egress") {
+		t.Fatal("policy not listed")
+	}
+}
