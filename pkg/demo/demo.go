@@ -241,15 +241,15 @@ func shortErr(err error) string {
 	return s
 }
 
-// watchDrops collects drop events until stop is called.
-func (d *Demo) watchDrops(ctx context.Context) (stop func() []monitor.Event) {
+// watch collects monitor events of the given types until stop is called.
+func (d *Demo) watch(ctx context.Context, types ...string) (stop func() []monitor.Event) {
 	ctx, cancel := context.WithCancel(ctx)
 	var mu sync.Mutex
 	var evs []monitor.Event
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = d.c.Monitor(ctx, []string{monitor.TypeDrop}, func(e monitor.Event) {
+		_ = d.c.Monitor(ctx, types, func(e monitor.Event) {
 			mu.Lock()
 			evs = append(evs, e)
 			mu.Unlock()
@@ -305,7 +305,7 @@ func (d *Demo) l3l4(ctx context.Context) error {
 	if err := d.expect("app2", "GET", url, 200, ""); err != nil {
 		return err
 	}
-	stop := d.watchDrops(ctx)
+	stop := d.watch(ctx, monitor.TypeDrop)
 	if err := d.expect("app3", "GET", url, 0, ""); err != nil {
 		stop()
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sync"
 
 	"github.com/membrane-net/membrane/pkg/monitor"
 )
@@ -75,36 +74,13 @@ spec:
           path: "/v1/request-landing"
 `
 
-// watchL7 collects L7 events until stop is called.
-func (d *Demo) watchL7(ctx context.Context) func() []monitor.Event {
-	ctx, cancel := context.WithCancel(ctx)
-	var mu sync.Mutex
-	var evs []monitor.Event
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = d.c.Monitor(ctx, []string{monitor.TypeL7}, func(e monitor.Event) {
-			mu.Lock()
-			evs = append(evs, e)
-			mu.Unlock()
-		})
-	}()
-	return func() []monitor.Event {
-		cancel()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		return evs
-	}
-}
-
 func (d *Demo) l7Guide(ctx context.Context) error {
 	d.say("\n== L7 policy: the guide's HTTP step (app2 may only GET /public on app1)\n%s", indent(L7Policy))
 	if err := d.importPolicy(ctx, "l7_policy.json", L7Policy); err != nil {
 		return err
 	}
 	url := fmt.Sprintf("http://%s", d.eps["app1"].IPv4)
-	stop := d.watchL7(ctx)
+	stop := d.watch(ctx, monitor.TypeL7)
 	if err := d.expect("app2", "GET", url+"/public", 200, "public data"); err != nil {
 		stop()
 		return err

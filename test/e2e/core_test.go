@@ -12,20 +12,12 @@ import (
 	"time"
 
 	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/demo"
 	"github.com/membrane-net/membrane/pkg/monitor"
 )
 
-const l3l4JSON = `[{
-    "endpointSelector": {"matchLabels":{"id":"app1"}},
-    "ingress": [{
-        "fromEndpoints": [
-            {"matchLabels":{"id":"app2"}}
-        ],
-        "toPorts": [{
-                "ports": [{"port": "80", "protocol": "TCP"}]
-        }]
-    }]
-}]`
+// l3l4JSON is early Cilium's getting-started policy, as the demo uses it.
+var l3l4JSON = demo.L3L4Policy
 
 func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	a := startAgent(t)

@@ -10,33 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-net/membrane/pkg/demo"
 	"github.com/membrane-net/membrane/pkg/monitor"
 	"github.com/membrane-net/membrane/pkg/nsutil"
 )
-
-const swL3L4L7 = `apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "rule1"
-spec:
-  description: "L7 policy to restrict access to specific HTTP call"
-  endpointSelector:
-    matchLabels:
-      org: empire
-      class: deathstar
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        org: empire
-    toPorts:
-    - ports:
-      - port: "80"
-        protocol: TCP
-      rules:
-        http:
-        - method: "POST"
-          path: "/v1/request-landing"
-`
 
 // serveHTTP runs an HTTP server on port inside a namespace; the handler
 // also reports the client address it saw.
@@ -102,7 +79,7 @@ func TestPrivilegedL7StarWars(t *testing.T) {
 	xw := a.addEndpoint("xwing", "org=alliance,class=xwing")
 	serveHTTP(t, ds.NS, 80, deathstar())
 	base := fmt.Sprintf("http://%s", ds.IPv4)
-	a.importPolicy("sw_l3_l4_l7_policy.yaml", swL3L4L7)
+	a.importPolicy("sw_l3_l4_l7_policy.yaml", demo.SWL3L4L7Policy)
 	events := watchMonitor(t, a, monitor.TypeL7)
 
 	tc := httpClient(tie.NS, true)
