@@ -86,6 +86,7 @@ func (a *Agent) apply(resolved map[uint32]*policy.Resolved) error {
 		}
 		if n > 0 {
 			changed = append(changed, id)
+			a.log.Debug("policy map updated", "endpoint", id, "writes", n, "entries", len(res.MapState), "revision", rev)
 		}
 		s.resolved, s.revision = res, rev
 		a.l7.set(id, res)

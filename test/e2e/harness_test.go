@@ -347,3 +347,9 @@ var _ sync.Mutex
 func dialTimeoutNS(ns, to string, d time.Duration) (net.Conn, error) {
 	return nsutil.DialTimeout(ns, "tcp4", to, d)
 }
+
+// logTail returns the end of the agent's log.
+func (a *Agent) logTail() string {
+	b, _ := os.ReadFile(a.logPath)
+	return lastLines(string(b), 30)
+}
