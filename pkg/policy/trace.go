@@ -288,7 +288,11 @@ func (t *TraceResult) String() string {
 		if dt == nil {
 			continue
 		}
-		fmt.Fprintf(&b, "%s of %s, to %s:\n", strings.ToUpper(dt.Direction[:1])+dt.Direction[1:], dt.Subject, dt.Peer)
+		prep := "to"
+		if dt.Direction == "ingress" {
+			prep = "from"
+		}
+		fmt.Fprintf(&b, "%s of %s, %s %s:\n", strings.ToUpper(dt.Direction[:1])+dt.Direction[1:], dt.Subject, prep, dt.Peer)
 		if dt.Enforced {
 			b.WriteString("  policy enforced (default deny)\n")
 		} else {

@@ -124,7 +124,7 @@ Egress of endpoint 257 (identity 257), to endpoint 256 (identity 256):
   allow    NetworkPolicy x/db spec.egress[0] [cookie 3]
   verdict: allowed
   policy map: allowed by egress identity=256 any/ANY (identity lookup) [cookie 3]
-Ingress of endpoint 256 (identity 256), to endpoint 257 (identity 257):
+Ingress of endpoint 256 (identity 256), from endpoint 257 (identity 257):
   policy enforced (default deny)
   redirect CiliumNetworkPolicy x/web spec.ingress[0] (web serves GET from db) [cookie 1]
            HTTP: method=GET path=/public
