@@ -134,6 +134,20 @@ struct l4_ports {
 	__u16 dport;
 };
 
+/* Copies len bytes at off: straight from the packet when they are in its
+ * linear part (the common case), else with bpf_skb_load_bytes. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 128 && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 static __always_inline int is_icmp_error(__u8 type)
 {
 	return type == ICMP_DEST_UNREACH || type == ICMP_SOURCE_QUENCH ||
@@ -154,13 +168,13 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 	switch (proto) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		if (bpf_skb_load_bytes(skb, off, p, sizeof(*p)) < 0)
+		if (load(skb, off, p, sizeof(*p)) < 0)
 			return REASON_MALFORMED;
 		p->sport = bpf_ntohs(p->sport);
 		p->dport = bpf_ntohs(p->dport);
 		return 0;
 	case IPPROTO_ICMP:
-		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)) < 0)
+		if (load(skb, off, icmp, sizeof(icmp)) < 0)
 			return REASON_MALFORMED;
 		if (icmp[0] == ICMP_ECHO)
 			p->sport = ((__u16)icmp[4] << 8) | icmp[5];
@@ -177,7 +191,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	__u32 l4off, frag;
 	struct l4_ports ports = {};
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)) < 0)
+	if (load(skb, ETH_HLEN, &iph, sizeof(iph)) < 0)
 		return REASON_MALFORMED;
 	if (iph.version != 4 || iph.ihl < 5)
 		return REASON_MALFORMED;
@@ -212,7 +226,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 
 		if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 + 20)
 			return REASON_MALFORMED;
-		if (bpf_skb_load_bytes(skb, l4off, hdr, sizeof(hdr)) < 0)
+		if (load(skb, l4off, hdr, sizeof(hdr)) < 0)
 			return REASON_MALFORMED;
 		if ((hdr[12] >> 4) < 5)
 			return REASON_MALFORMED;
@@ -236,7 +250,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 
 		if (bpf_ntohs(iph.tot_len) < iph.ihl * 4 + 8)
 			return REASON_MALFORMED;
-		if (bpf_skb_load_bytes(skb, l4off, &type, 1) < 0)
+		if (load(skb, l4off, &type, 1) < 0)
 			return REASON_MALFORMED;
 		if (load_ports(skb, l4off, IPPROTO_ICMP, &ports))
 			return REASON_MALFORMED;
@@ -738,7 +752,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, 0, &f, dir, &d);
 	}
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0) {
+	if (load(skb, 12, &proto, sizeof(proto)) < 0) {
 		d.reason = REASON_MALFORMED;
 		return drop(skb, ep, &f, dir, &d);
 	}
@@ -761,7 +775,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, ep, &f, dir, &d);
 	}
 
-	now = bpf_ktime_get_ns();
+	/* Lifetimes are seconds: the coarse clock (same origin, one tick of
+	 * resolution) is half the price of bpf_ktime_get_ns. */
+	now = bpf_ktime_get_coarse_ns();
 	from_proxy = dir == DIR_INGRESS && (skb->mark & MARK_MASK) == MARK_FROM_PROXY;
 	switch (ct_lookup(&f, dir, now, &d)) {
 	case CT_ESTABLISHED:
