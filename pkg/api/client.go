@@ -195,38 +195,77 @@ func (c *Client) BPFCT(ctx context.Context) ([]CTEntry, error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/bpf/ct", nil, &res)
 }
 
-// Monitor streams events of the given types (none: all) to fn until ctx
-// ends or the agent goes away.
-func (c *Client) Monitor(ctx context.Context, types []string, fn func(monitor.Event)) error {
+// MonitorStream is an open monitor subscription.
+type MonitorStream struct {
+	body io.ReadCloser
+	sc   *bufio.Scanner
+	ctx  context.Context
+}
+
+// OpenMonitor subscribes to events of the given types (none: all); it
+// returns once the agent has registered the subscription, so no event after
+// it is missed.
+func (c *Client) OpenMonitor(ctx context.Context, types []string) (*MonitorStream, error) {
 	q := url.Values{}
 	for _, t := range types {
 		q.Add("type", t)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://membrane/v1/monitor?"+q.Encode(), nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return c.connError(err)
+		return nil, c.connError(err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
 		var e Error
 		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return &APIError{Code: resp.StatusCode, Message: e.Error}
+		return nil, &APIError{Code: resp.StatusCode, Message: e.Error}
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var e monitor.Event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return fmt.Errorf("decode event: %w", err)
+	return &MonitorStream{body: resp.Body, sc: sc, ctx: ctx}, nil
+}
+
+// Next waits for the next event; io.EOF when the stream ends.
+func (m *MonitorStream) Next() (monitor.Event, error) {
+	var e monitor.Event
+	if !m.sc.Scan() {
+		if m.ctx.Err() != nil {
+			return e, io.EOF
+		}
+		if err := m.sc.Err(); err != nil {
+			return e, err
+		}
+		return e, io.EOF
+	}
+	if err := json.Unmarshal(m.sc.Bytes(), &e); err != nil {
+		return e, fmt.Errorf("decode event: %w", err)
+	}
+	return e, nil
+}
+
+// Close ends the subscription.
+func (m *MonitorStream) Close() error { return m.body.Close() }
+
+// Monitor streams events of the given types (none: all) to fn until ctx
+// ends or the agent goes away.
+func (c *Client) Monitor(ctx context.Context, types []string, fn func(monitor.Event)) error {
+	st, err := c.OpenMonitor(ctx, types)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for {
+		e, err := st.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 		fn(e)
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return sc.Err()
 }

@@ -244,21 +244,31 @@ func shortErr(err error) string {
 // watch collects monitor events of the given types until stop is called.
 func (d *Demo) watch(ctx context.Context, types ...string) (stop func() []monitor.Event) {
 	ctx, cancel := context.WithCancel(ctx)
+	st, err := d.c.OpenMonitor(ctx, types)
+	if err != nil {
+		cancel()
+		d.say("  (monitor unavailable: %v)", err)
+		return func() []monitor.Event { return nil }
+	}
 	var mu sync.Mutex
 	var evs []monitor.Event
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = d.c.Monitor(ctx, types, func(e monitor.Event) {
+		for {
+			e, err := st.Next()
+			if err != nil {
+				return
+			}
 			mu.Lock()
 			evs = append(evs, e)
 			mu.Unlock()
-		})
+		}
 	}()
-	time.Sleep(100 * time.Millisecond) // let the subscription start
 	return func() []monitor.Event {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // events in flight
 		cancel()
+		st.Close()
 		<-done
 		mu.Lock()
 		defer mu.Unlock()

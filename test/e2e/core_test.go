@@ -161,24 +161,34 @@ func TestPrivilegedEndpointBadInput(t *testing.T) {
 	_ = ep
 }
 
-// watchMonitor collects monitor events of the given types.
+// watchMonitor subscribes to monitor events of the given types and
+// returns a function giving those received so far.
 func watchMonitor(t *testing.T, a *Agent, types ...string) func() []monitor.Event {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	st, err := a.Client.OpenMonitor(ctx, types)
+	if err != nil {
+		cancel()
+		t.Fatalf("monitor: %v", err)
+	}
 	var mu sync.Mutex
 	var evs []monitor.Event
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.Client.Monitor(ctx, types, func(e monitor.Event) {
+		for {
+			e, err := st.Next()
+			if err != nil {
+				return
+			}
 			mu.Lock()
 			evs = append(evs, e)
 			mu.Unlock()
-		})
+		}
 	}()
-	time.Sleep(150 * time.Millisecond)
-	t.Cleanup(cancel)
+	t.Cleanup(func() { cancel(); st.Close(); <-done })
 	return func() []monitor.Event {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // events in flight
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]monitor.Event(nil), evs...)
