@@ -10,10 +10,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membrane-net/membrane/pkg/agent"
+	"github.com/membrane-net/membrane/pkg/docker"
 )
 
 func agentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
+	var dockerCfg docker.Config
 	var pool, logLevel string
 	var maxEntries uint32
 	cmd := &cobra.Command{
@@ -45,6 +47,13 @@ func agentCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer a.Close()
+			if dockerCfg.Socket != "" {
+				stop, err := docker.Start(cmd.Context(), dockerCfg, a, log.With("part", "docker"))
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			return a.Run(cmd.Context())
 		},
 	}
@@ -58,6 +67,9 @@ func agentCmd(g *globals) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.Uint16Var(&cfg.ProxyPort, "proxy-port", agent.DefaultProxyPort, "port of the L7 proxy's transparent listener (0 disables L7 policy)")
 	f.StringVar(&cfg.HostIfName, "host-ifname", agent.DefaultHostIfName, "name of the host device holding the pool's gateway address (at most 15 characters, ending in _host)")
+	f.StringVar(&dockerCfg.Socket, "docker-plugin", "", "serve the Docker network and IPAM driver on this socket; its name is the driver's (e.g. "+docker.DefaultSocket+"); empty: none")
+	f.StringVar(&dockerCfg.DockerHost, "docker-host", docker.DefaultDockerHost, "Docker Engine API the Docker plugin reads container labels from")
+	f.DurationVar(&dockerCfg.ReconcileInterval, "docker-reconcile-interval", docker.DefaultReconcileInterval, "how often Docker endpoints are reconciled with Docker's containers")
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
 		switch strings.ToLower(cfg.EnablePolicy) {
 		case "default", "always", "never":
