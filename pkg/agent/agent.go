@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -245,15 +247,35 @@ func (a *Agent) Close() error {
 func (a *Agent) gcLoop(ctx context.Context) {
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
+	fwd := time.NewTicker(2 * time.Second)
+	defer fwd.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-fwd.C:
+			a.keepForwarding()
 		case <-t.C:
 			if n, err := a.dp.GCCT(); err != nil {
 				a.log.Warn("conntrack gc", "error", err)
 			} else if n > 0 {
 				a.log.Debug("conntrack gc", "deleted", n)
+			}
+		}
+	}
+}
+
+// keepForwarding turns forwarding back on for endpoints' host interfaces:
+// writing net.ipv4.ip_forward (as some tools do) resets every interface's
+// forwarding, which would cut endpoints off from each other.
+func (a *Agent) keepForwarding() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.eps {
+		p := "/proc/sys/net/ipv4/conf/" + s.ep.Interface + "/forwarding"
+		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "0" {
+			if err := os.WriteFile(p, []byte("1"), 0o644); err == nil {
+				a.log.Warn("forwarding was turned off on an endpoint's interface (net.ipv4.ip_forward written?); turned it back on", "endpoint", s.ep.ID, "interface", s.ep.Interface)
 			}
 		}
 	}

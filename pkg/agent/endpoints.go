@@ -36,9 +36,13 @@ func parseLabels(ss []string) (labels.Labels, error) {
 	if err != nil {
 		return nil, badRequest(fmt.Errorf("labels: %w", err))
 	}
+	if identity.ForLabels(lbls) == identity.Init {
+		// A runtime wiring a container whose labels it does not know yet.
+		return lbls, nil
+	}
 	for _, l := range lbls {
 		if l.Source == labels.SourceReserved || l.Source == labels.SourceCIDR {
-			return nil, badRequest(fmt.Errorf("labels: %s: source %s is Membrane's own", l, l.Source))
+			return nil, badRequest(fmt.Errorf("labels: %s: source %s is Membrane's own (only reserved:init alone is accepted)", l, l.Source))
 		}
 	}
 	return lbls, nil
@@ -135,6 +139,8 @@ func (a *Agent) AllocateAddress(owner string) (netip.Addr, error) {
 
 // ReserveAddress takes a given address (IPAM for runtimes).
 func (a *Agent) ReserveAddress(addr netip.Addr, owner string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.hostIPs[addr] {
 		return api.Errorf(http.StatusConflict, "ipv4 %s: address in use by the host", addr)
 	}
@@ -227,7 +233,7 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	id := a.nextID
 	ep := endpoint.Endpoint{
 		ID: id, Name: spec.name, Netns: spec.netns, Labels: spec.labels, NamedPorts: spec.namedPorts,
-		Interface: endpoint.HostIfName(spec.name, id), ContainerInterface: spec.contIf,
+		Interface: endpoint.HostIfName(a.cfg.StateDir, spec.name, id), ContainerInterface: spec.contIf,
 		ContainerID: spec.containerID, Audit: spec.audit, Created: time.Now().UTC(),
 	}
 	var undo []func()

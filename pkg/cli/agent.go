@@ -67,7 +67,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.Uint16Var(&cfg.ProxyPort, "proxy-port", agent.DefaultProxyPort, "port of the L7 proxy's transparent listener (0 disables L7 policy)")
 	f.StringVar(&cfg.HostIfName, "host-ifname", agent.DefaultHostIfName, "name of the host device holding the pool's gateway address (at most 15 characters, ending in _host)")
-	f.StringVar(&dockerCfg.Socket, "docker-plugin", "", "serve the Docker network and IPAM driver on this socket; its name is the driver's (e.g. "+docker.DefaultSocket+"); empty: none")
+	f.StringVar(&dockerCfg.Socket, "docker-plugin", docker.DefaultSocket, "serve the Docker network and IPAM driver on this socket, where dockerd finds it; its base name is the driver's name; empty: no Docker driver")
 	f.StringVar(&dockerCfg.DockerHost, "docker-host", docker.DefaultDockerHost, "Docker Engine API the Docker plugin reads container labels from")
 	f.DurationVar(&dockerCfg.ReconcileInterval, "docker-reconcile-interval", docker.DefaultReconcileInterval, "how often Docker endpoints are reconciled with Docker's containers")
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {

@@ -76,7 +76,7 @@ func (f *fakeAgent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (*
 	f.next++
 	ep := &api.Endpoint{Endpoint: endpoint.Endpoint{
 		ID: id, Name: req.Name, Netns: req.Netns, ContainerID: req.ContainerID, ContainerInterface: req.Interface,
-		Labels: ls, IPv4: netip.AddrFrom4([4]byte{10, 9, 0, byte(id + 1)}), Interface: endpoint.HostIfName(req.Name, id),
+		Labels: ls, IPv4: netip.AddrFrom4([4]byte{10, 9, 0, byte(id + 1)}), Interface: endpoint.HostIfName("test", req.Name, id),
 		MAC: "02:00:00:00:00:02",
 	}, State: "ready"}
 	f.eps[id] = ep

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/membrane-net/membrane/pkg/agent"
@@ -236,9 +234,6 @@ func (p *Plugin) createEndpoint(ctx context.Context, body []byte) (any, error) {
 		}
 		return nil, fmt.Errorf("create endpoint: %w", err)
 	}
-	if err := p.answerARPAtOnce(ep.Interface); err != nil {
-		p.log.Warn("proxy ARP keeps its delay: first packets may wait while host interfaces change", "interface", ep.Interface, "error", err)
-	}
 	p.log.Info("docker endpoint created", "endpoint", ep.ID, "docker_endpoint", short(r.endpoint), "ipv4", addr, "identity", ep.Identity)
 	return map[string]any{"Interface": endpointInterface{MacAddress: ep.MAC}}, nil
 }
@@ -330,16 +325,3 @@ func isNotFound(err error) bool {
 	return errors.As(err, &se) && se.Code == http.StatusNotFound
 }
 
-// answerARPAtOnce sets proxy_delay to 0 on a prepared endpoint's host
-// side. With the kernel's default (up to 0.8 s), proxied ARP requests wait
-// in a queue that the kernel empties, for the whole namespace, whenever
-// any host interface goes down: on a host where containers come and go,
-// a container's first packets to another then wait for ARP retries (1 s
-// each) or time out. It belongs with proxy_arp in
-// endpoint.PrepareHostVeth; until it is there, the plugin sets it.
-func (p *Plugin) answerARPAtOnce(hostIf string) error {
-	if p.sysctlDir == "" {
-		return nil
-	}
-	return os.WriteFile(filepath.Join(p.sysctlDir, "net/ipv4/neigh", hostIf, "proxy_delay"), []byte("0"), 0o644)
-}

@@ -5,8 +5,7 @@
 // endpoints with the containers Docker runs. It wires nothing itself: the
 // agent makes endpoints, addresses and identities; this package only
 // translates Docker's calls into the agent's methods. It must not touch
-// the datapath, policies or kernel state directly; the one exception, a
-// sysctl of the host side of Docker's endpoints, is answerARPAtOnce.
+// the datapath, policies or kernel state directly.
 package docker
 
 import (
@@ -82,8 +81,6 @@ type Plugin struct {
 	engine  Engine
 	log     *slog.Logger
 	started time.Time
-	// sysctlDir is /proc/sys ("" in unit tests: no kernel).
-	sysctlDir string
 
 	ln  net.Listener
 	srv *http.Server
@@ -128,7 +125,7 @@ func New(cfg Config, a Agent, engine Engine, log *slog.Logger) (*Plugin, error) 
 		engine = ec
 	}
 	p := &Plugin{
-		cfg: cfg, name: name, agent: a, engine: engine, log: log, started: time.Now(), sysctlDir: "/proc/sys",
+		cfg: cfg, name: name, agent: a, engine: engine, log: log, started: time.Now(),
 		workers: map[string]context.CancelFunc{}, kick: make(chan struct{}, 1),
 	}
 	p.baseCtx, p.stop = context.WithCancel(context.Background())

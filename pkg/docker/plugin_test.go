@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -52,7 +51,7 @@ func (f *fakeAgent) PrepareEndpoint(ctx context.Context, req agent.PrepareReques
 	f.next++
 	ep := &api.Endpoint{Endpoint: endpoint.Endpoint{
 		ID: id, Name: req.Name, ContainerID: req.ContainerID, Labels: req.Labels, IPv4: req.IPv4,
-		Interface: endpoint.HostIfName(req.Name, id), MAC: "02:00:00:00:00:01", Identity: 5, Created: time.Now(),
+		Interface: endpoint.HostIfName("test", req.Name, id), MAC: "02:00:00:00:00:01", Identity: 5, Created: time.Now(),
 	}, State: "ready"}
 	f.eps[id] = ep
 	out := *ep
@@ -221,7 +220,6 @@ func newTestPlugin(t *testing.T, a Agent, e Engine) *Plugin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.sysctlDir = ""
 	t.Cleanup(p.Close)
 	return p
 }
@@ -351,12 +349,6 @@ func TestEndpointLifecycle(t *testing.T) {
 	fa, fe := newFakeAgent(t), newFakeEngine()
 	p := newTestPlugin(t, fa, fe)
 	nid, eid := strings.Repeat("a", 64), strings.Repeat("b", 64)
-	// The host side answers ARP at once.
-	p.sysctlDir = t.TempDir()
-	neigh := filepath.Join(p.sysctlDir, "net/ipv4/neigh", endpoint.HostIfName("docker-bbbbbbbbbbbb", 1))
-	if err := os.MkdirAll(neigh, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	addr := mustCall(t, p, "IpamDriver.RequestAddress", map[string]any{"PoolID": p.poolID()})["Address"].(string)
 
 	req := map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]string{"Address": addr}}
@@ -366,9 +358,6 @@ func TestEndpointLifecycle(t *testing.T) {
 	}
 	if len(fa.prepared) != 1 {
 		t.Fatalf("prepared %d endpoints", len(fa.prepared))
-	}
-	if b, err := os.ReadFile(filepath.Join(neigh, "proxy_delay")); err != nil || string(b) != "0" {
-		t.Errorf("proxy_delay %q %v, want 0", b, err)
 	}
 	pr := fa.prepared[0]
 	if pr.Labels.String() != "reserved:init" || pr.ContainerID != "docker:"+nid+":"+eid || pr.IPv4.String()+"/24" != addr ||

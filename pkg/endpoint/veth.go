@@ -29,10 +29,11 @@ var (
 )
 
 // HostIfName derives the host-side interface name of an endpoint: "lxc"
-// and 11 hex digits of a hash of its name and id (interface names are at
-// most 15 bytes; endpoint names are free text).
-func HostIfName(name string, id uint32) string {
-	h := sha256.Sum256([]byte(name + "\x00" + strconv.FormatUint(uint64(id), 10)))
+// and 11 hex digits of a hash of its agent (salt: the state directory, so
+// two agents on one host never derive the same name), its name and id
+// (interface names are at most 15 bytes; endpoint names are free text).
+func HostIfName(salt, name string, id uint32) string {
+	h := sha256.Sum256([]byte(salt + "\x00" + name + "\x00" + strconv.FormatUint(uint64(id), 10)))
 	return "lxc" + hex.EncodeToString(h[:])[:11]
 }
 
@@ -176,6 +177,12 @@ func PrepareHostVeth(hostName string) (_ *Veth, err error) {
 	// resolves with ARP: the host answers for every address it routes
 	// elsewhere.
 	if err := writeSysctl("net/ipv4/conf/"+hostName+"/proxy_arp", "1"); err != nil {
+		return nil, err
+	}
+	// Answer at once: delayed proxy ARP requests wait in a queue the kernel
+	// empties, for the whole namespace, whenever any interface goes down,
+	// so on a host where containers come and go first packets would stall.
+	if err := writeSysctl("net/ipv4/neigh/"+hostName+"/proxy_delay", "0"); err != nil {
 		return nil, err
 	}
 	return v, nil

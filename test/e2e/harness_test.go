@@ -107,7 +107,7 @@ func (a *Agent) start() {
 		a.t.Fatal(err)
 	}
 	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
-		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.ProxyPort), "--log-level", "debug"}, a.extra...)
+		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.ProxyPort), "--docker-plugin=", "--log-level", "debug"}, a.extra...)
 	cmd := exec.Command(membraneBin, args...)
 	cmd.Env = append(os.Environ(), a.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf

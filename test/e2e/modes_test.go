@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/membrane-net/membrane/pkg/api"
 	"github.com/membrane-net/membrane/pkg/monitor"
@@ -227,4 +228,26 @@ spec:
 	if !strings.Contains(a.mustCLI("policy", "get"), "allow-all-egress") {
 		t.Fatal("policy not listed")
 	}
+}
+
+// TestPrivilegedForwardingReset: writing net.ipv4.ip_forward resets the
+// forwarding of every interface (the CNI bridge plugin and the notes'
+// recipes do it); the agent turns it back on for its endpoints.
+func TestPrivilegedForwardingReset(t *testing.T) {
+	a := startAgent(t)
+	app1 := a.addEndpoint("app1", "id=app1")
+	app2 := a.addEndpoint("app2", "id=app2")
+	serveTCP(t, app1.NS, 80)
+	orig, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile("/proc/sys/net/ipv4/ip_forward", orig, 0o644) })
+	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644)
+	if b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/" + app2.Interface + "/forwarding"); strings.TrimSpace(string(b)) != "0" {
+		t.Fatal("writing net.ipv4.ip_forward did not reset the endpoint interface's forwarding: the premise of this test is gone")
+	}
+	time.Sleep(3 * time.Second)
+	expectTCP(t, app2, addr(app1, 80), true)
 }

@@ -197,7 +197,7 @@ func TestPrivilegedCNIAgentKilledDuringAdd(t *testing.T) {
 			// endpoint's name and number.
 			var made []string
 			for id := uint32(0); id < 4; id++ {
-				if n := endpoint.HostIfName("cni-fault1", id); linkExists(n) || linkExists("tmp"+strings.TrimPrefix(n, "lxc")) {
+				if n := endpoint.HostIfName(a.StateDir, "cni-fault1", id); linkExists(n) || linkExists("tmp"+strings.TrimPrefix(n, "lxc")) {
 					made = append(made, n)
 				}
 			}
