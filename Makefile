@@ -57,7 +57,8 @@ test: deps ## The whole suite, as CI runs it (needs root): lint, generated objec
 
 .PHONY: test-race
 test-race: ## Unit tests of the packages that need no privileges, with the race detector
-	$(GO) test -race -count=1 ./pkg/labels/... ./pkg/identity/... ./pkg/policy/... ./pkg/ipcache/... ./pkg/ipam/... ./pkg/monitor/... ./pkg/api/...
+	$(GO) test -race -count=1 ./pkg/labels/... ./pkg/identity/... ./pkg/policy/... ./pkg/ipcache/... ./pkg/ipam/... \
+		./pkg/monitor/... ./pkg/api/... ./pkg/docker/... ./pkg/cni/... ./pkg/conformance/... ./pkg/proxy/...
 
 .PHONY: test-all
 test-all: ## Every test, privileged ones included (root; with CI=true a missing privilege fails)
