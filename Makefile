@@ -56,8 +56,8 @@ test: deps ## The whole suite, as CI runs it (needs root): lint, generated objec
 	$(MAKE) bench-smoke
 
 .PHONY: test-race
-test-race: ## Unit tests of the packages that need no privileges, with the race detector
-	$(GO) test -race -count=1 ./pkg/labels/... ./pkg/identity/... ./pkg/policy/... ./pkg/ipcache/... ./pkg/ipam/... \
+test-race: ## Unprivileged tests with the race detector (privileged ones run in test-all)
+	$(GO) test -race -count=1 -skip '^TestPrivileged' ./pkg/labels/... ./pkg/identity/... ./pkg/policy/... ./pkg/ipcache/... ./pkg/ipam/... \
 		./pkg/monitor/... ./pkg/api/... ./pkg/docker/... ./pkg/cni/... ./pkg/conformance/... ./pkg/proxy/...
 
 .PHONY: test-all
