@@ -58,18 +58,19 @@ struct endpoint_info {
 #define EP_F_AUDIT_INGRESS 1
 #define EP_F_AUDIT_EGRESS 2
 
-/* ---- policy: per-endpoint LPM trie, found through an outer hash ------- */
+/* ---- policy: one LPM trie, the endpoint id leading every key ----------- */
 struct policy_key {
-	__u32 prefixlen; /* 32 identity + 8 direction + 8 protocol + port bits */
+	__u32 prefixlen; /* 32 endpoint + 32 identity + 8 direction + 8 protocol + port bits */
+	__u32 ep_id;     /* the endpoint whose policy this is (always matched) */
 	__u32 identity;  /* 0: any identity */
 	__u8 egress;
 	__u8 protocol; /* 0: any protocol (prefix stops before it) */
 	__u16 dport;   /* network byte order; ICMP: the type */
 };
 
-#define POLICY_FULL_PREFIX 64
-#define POLICY_PREFIX_ANY_PROTO 40
-#define POLICY_PREFIX_ANY_PORT 48
+#define POLICY_FULL_PREFIX 96
+#define POLICY_PREFIX_ANY_PROTO 72
+#define POLICY_PREFIX_ANY_PORT 80
 
 struct policy_entry {
 	__u16 proxy_port; /* host byte order, 0: no L7 redirect */

@@ -43,19 +43,15 @@ struct {
 	__uint(max_entries, 65536);
 } endpoints SEC(".maps");
 
-struct policy_map {
+/* Every endpoint's policy, keyed by endpoint id first. One map, so that
+ * adding an endpoint costs no map-in-map update (an RCU grace period);
+ * the agent enforces each endpoint's share of the capacity. */
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-} policy_inner SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__type(key, __u32); /* endpoint id */
-	__uint(max_entries, 65536);
-	__array(values, struct policy_map);
 } policy SEC(".maps");
 
 struct {
@@ -501,18 +497,19 @@ static __always_inline void ct_create(const struct flow *f, __u8 dir, __u64 now,
 
 /* ---- policy ----------------------------------------------------------- */
 
-static __always_inline struct policy_entry *policy_lpm(void *pmap, __u32 identity, __u8 dir,
+static __always_inline struct policy_entry *policy_lpm(__u32 ep_id, __u32 identity, __u8 dir,
 						       __u8 proto, __u16 port)
 {
 	struct policy_key k = {
 		.prefixlen = POLICY_FULL_PREFIX,
+		.ep_id = ep_id,
 		.identity = identity,
 		.egress = dir,
 		.protocol = proto,
 		.dport = bpf_htons(port),
 	};
 
-	return bpf_map_lookup_elem(pmap, &k);
+	return bpf_map_lookup_elem(&policy, &k);
 }
 
 /*
@@ -540,13 +537,13 @@ static __always_inline struct policy_entry *policy_lpm(void *pmap, __u32 identit
  *     the endpoint holds an any-identity, any-protocol allow entry.
  * Each lookup is O(key length); nothing here depends on the number of rules.
  */
-static __always_inline int policy_decide(void *pmap, __u32 sec, const struct ipcache_value *ipc,
+static __always_inline int policy_decide(__u32 ep_id, __u32 sec, const struct ipcache_value *ipc,
 					 __u8 dir, const struct flow *f, struct decision *d)
 {
 	struct policy_entry *best = 0, *e;
 	__u8 best_match = MATCH_NONE;
 
-	e = policy_lpm(pmap, sec, dir, f->protocol, f->policy_port);
+	e = policy_lpm(ep_id, sec, dir, f->protocol, f->policy_port);
 	if (e) {
 		if (e->flags & POLICY_F_DENY)
 			goto deny;
@@ -558,7 +555,7 @@ static __always_inline int policy_decide(void *pmap, __u32 sec, const struct ipc
 
 		if (ipc->flags & IPCACHE_F_CLUSTER)
 			cid += CIDR_IN_CLUSTER_OFFSET;
-		e = policy_lpm(pmap, cid, dir, f->protocol, f->policy_port);
+		e = policy_lpm(ep_id, cid, dir, f->protocol, f->policy_port);
 		if (e) {
 			if (e->flags & POLICY_F_DENY)
 				goto deny;
@@ -568,7 +565,7 @@ static __always_inline int policy_decide(void *pmap, __u32 sec, const struct ipc
 			}
 		}
 	}
-	e = policy_lpm(pmap, IDENTITY_ANY, dir, f->protocol, f->policy_port);
+	e = policy_lpm(ep_id, IDENTITY_ANY, dir, f->protocol, f->policy_port);
 	if (e) {
 		if (e->flags & POLICY_F_DENY)
 			goto deny;
@@ -739,7 +736,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct flow f = {};
 	struct decision d = {};
 	struct ipcache_value *ipc;
-	void *pmap;
 	__u64 now;
 	__u16 proto;
 	__u32 peer;
@@ -801,13 +797,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ipc = ipcache_lookup(peer);
 	d.peer_identity = ipc ? ipc->identity : IDENTITY_WORLD;
 
-	pmap = bpf_map_lookup_elem(&policy, &ep->ep_id);
-	if (!pmap) {
-		d.reason = REASON_NO_POLICY_MAP;
-		return drop(skb, ep, &f, dir, &d);
-	}
-
-	if (policy_decide(pmap, d.peer_identity, ipc, dir, &f, &d)) {
+	if (policy_decide(ep->ep_id, d.peer_identity, ipc, dir, &f, &d)) {
 		if (f.protocol != IPPROTO_TCP)
 			d.proxy_port = 0; /* the proxy speaks TCP only */
 		if (from_proxy) {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -281,9 +282,18 @@ func (a *Agent) keepForwarding() {
 	}
 }
 
-// persist writes the state file; the caller holds mu.
+// persist writes both state files; the caller holds mu.
 func (a *Agent) persist() error {
-	st := &state.State{NextEndpointID: a.nextID, Revision: a.repo.Revision()}
+	if err := a.persistEndpoints(); err != nil {
+		return err
+	}
+	return a.persistPolicies()
+}
+
+// persistEndpoints writes the endpoints file: endpoints, pending creations
+// and the identities of label sets. The caller holds mu.
+func (a *Agent) persistEndpoints() error {
+	st := &state.EndpointsFile{NextEndpointID: a.nextID}
 	for _, p := range a.pending {
 		st.Pending = append(st.Pending, p)
 	}
@@ -291,16 +301,29 @@ func (a *Agent) persist() error {
 		ep := a.eps[id].ep
 		st.Endpoints = append(st.Endpoints, &ep)
 	}
-	for _, id := range a.ids.List() {
-		if !id.ID.IsReserved() {
-			st.Identities = append(st.Identities, id)
-		}
+	st.Identities = a.ids.Users()
+	sort.Slice(st.Identities, func(i, j int) bool { return st.Identities[i].ID < st.Identities[j].ID })
+	if err := a.store.SaveEndpoints(st); err != nil {
+		a.log.Error("persist endpoints", "error", err)
+		return err
 	}
+	return nil
+}
+
+// persistPolicies writes the policies file: the documents, the revision
+// and the CIDR identities. The caller holds mu.
+func (a *Agent) persistPolicies() error {
+	st := &state.PoliciesFile{Revision: a.repo.Revision()}
 	for _, p := range a.repo.List() {
 		st.Policies = append(st.Policies, state.Policy{File: p.File, Document: p.Document, Object: p.Object})
 	}
-	if err := a.store.Save(st); err != nil {
-		a.log.Error("persist state", "error", err)
+	for _, id := range a.cidrIDs {
+		if ident := a.ids.Lookup(id); ident != nil {
+			st.CIDRIdentities = append(st.CIDRIdentities, ident)
+		}
+	}
+	if err := a.store.SavePolicies(st); err != nil {
+		a.log.Error("persist policies", "error", err)
 		return err
 	}
 	return nil

@@ -129,7 +129,7 @@ func (a *Agent) SetEndpointNetns(id uint32, path string) error {
 		return api.Errorf(http.StatusNotFound, "endpoint %d: %v", id, errNotFound)
 	}
 	s.ep.Netns = path
-	return a.persist()
+	return a.persistEndpoints()
 }
 
 // AllocateAddress takes an address from the pool (IPAM for runtimes).
@@ -213,6 +213,8 @@ func (a *Agent) endpointSpec(req api.EndpointRequest, lbls labels.Labels) (endpo
 func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.Endpoint, peer string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	t0 := time.Now()
+	step := func(name string) { a.log.Debug("endpoint add", "step", name, "elapsed", time.Since(t0)) }
 	var nsKey string
 	if !spec.prepared {
 		if nsKey, err = netnsKey(spec.netns); err != nil {
@@ -270,12 +272,13 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	// The intent goes to disk before anything is made in the kernel.
 	a.nextID++
 	a.pending[id] = state.Pending{ID: id, Interface: ep.Interface}
-	undo = append(undo, func() { delete(a.pending, id); _ = a.persist() })
-	if err := a.persist(); err != nil {
+	undo = append(undo, func() { delete(a.pending, id); _ = a.persistEndpoints() })
+	if err := a.persistEndpoints(); err != nil {
 		return nil, "", err
 	}
 
-	ident, _, err := a.ids.Allocate(ctx, spec.labels)
+	step("pending")
+	ident, isNew, err := a.ids.Allocate(ctx, spec.labels)
 	if err != nil {
 		return nil, "", badRequest(fmt.Errorf("identity: %w", err))
 	}
@@ -286,17 +289,21 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	a.eps[id] = s
 	undo = append(undo, func() { delete(a.eps, id) })
 	// Every endpoint's map learns of the identity (and of its named ports)
-	// before the endpoint's address can carry it.
-	a.repo.UpsertIdentity(a.selectable(ident))
-	resolved, err := a.resolveAll()
-	if err != nil {
-		return nil, "", err
-	}
-	delete(resolved, id)
-	if err := a.apply(resolved); err != nil {
-		return nil, "", err
+	// before the endpoint's address can carry it. An identity other
+	// endpoints already hold, with no new named port, changes no map.
+	if isNew || len(spec.namedPorts) > 0 {
+		a.repo.UpsertIdentity(a.selectable(ident))
+		resolved, err := a.resolveAll()
+		if err != nil {
+			return nil, "", err
+		}
+		delete(resolved, id)
+		if err := a.apply(resolved); err != nil {
+			return nil, "", err
+		}
 	}
 
+	step("identity")
 	var veth *endpoint.Veth
 	if spec.prepared {
 		veth, err = endpoint.PrepareHostVeth(ep.Interface)
@@ -315,6 +322,7 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	s.ep.IfIndex = veth.HostIndex
 	s.ep.MAC = veth.ContMAC.String()
 
+	step("veth")
 	res, err := a.repo.Resolve(a.policyEndpoint(s))
 	if err != nil {
 		return nil, "", fmt.Errorf("resolve policy: %w", err)
@@ -322,10 +330,23 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	if n, max := len(res.MapState), a.dp.PolicyMapMaxEntries(); n > max {
 		return nil, "", api.Errorf(http.StatusUnprocessableEntity, "endpoint %d (%s): policy needs %d policy map entries, capacity %d", id, spec.name, n, max)
 	}
-	if err := a.dp.AddEndpoint(a.dpEndpoint(s), res.MapState); err != nil {
+	step("resolve")
+	// The datapath attaches (RCU grace periods) while the namespace side
+	// is wired; the host side comes up only once both are done.
+	attached := make(chan error, 1)
+	go func() { attached <- a.dp.AddEndpoint(a.dpEndpoint(s), res.MapState) }()
+	var nsErr error
+	if !spec.prepared {
+		nsErr = veth.ConfigureNetns(ep.IPv4)
+	}
+	if err := <-attached; err != nil {
 		return nil, "", err
 	}
 	undo = append(undo, func() { _ = a.dp.RemoveEndpoint(id, s.ep.IfIndex) })
+	if nsErr != nil {
+		return nil, "", nsErr
+	}
+	step("datapath")
 	a.faultPoint("endpoint-after-attach")
 	s.resolved, s.revision = res, a.repo.Revision()
 	a.l7.set(id, res)
@@ -337,18 +358,16 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	}
 	undo = append(undo, func() { _ = a.ipc.DeleteSecurity(prefix) })
 
-	if spec.prepared {
-		err = veth.ConfigureHost(ep.IPv4, a.pool.Gateway())
-		peer = veth.PeerName()
-	} else {
-		err = veth.Configure(ep.IPv4, a.pool.Gateway())
-	}
-	if err != nil {
+	if err := veth.ConfigureHost(ep.IPv4, a.pool.Gateway()); err != nil {
 		return nil, "", err
 	}
+	if spec.prepared {
+		peer = veth.PeerName()
+	}
+	step("wired")
 	delete(a.pending, id)
 	a.names.Store(id, spec.name)
-	if err := a.persist(); err != nil {
+	if err := a.persistEndpoints(); err != nil {
 		return nil, "", err
 	}
 	a.log.Info("endpoint added", "id", id, "name", spec.name, "ipv4", ep.IPv4, "identity", ep.Identity, "labels", spec.labels.String())
@@ -400,7 +419,7 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, id uint32) error {
 	a.names.Delete(id)
 	a.l7.del(id)
 	a.releaseIdentity(s.ep.Identity)
-	if err := a.persist(); err != nil {
+	if err := a.persistEndpoints(); err != nil {
 		errs = append(errs, err)
 	}
 	a.log.Info("endpoint deleted", "id", id, "name", s.ep.Name)
@@ -434,7 +453,7 @@ func (a *Agent) UpdateEndpoint(ctx context.Context, id uint32, upd api.EndpointU
 			return nil, err
 		}
 	}
-	if err := a.persist(); err != nil {
+	if err := a.persistEndpoints(); err != nil {
 		return nil, err
 	}
 	out := a.apiEndpoint(s)

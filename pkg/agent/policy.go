@@ -130,7 +130,7 @@ func (a *Agent) enforcePolicy() error {
 		return err
 	}
 	a.refreshOrigins()
-	return a.persist()
+	return a.persistPolicies()
 }
 
 // GetPolicy lists the repository.

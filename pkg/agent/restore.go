@@ -29,7 +29,7 @@ func (a *Agent) restore(st *state.State) error {
 			a.log.Warn("remove pins", "endpoint", p.ID, "error", err)
 		}
 	}
-	if err := a.ids.Restore(st.Identities); err != nil {
+	if err := a.ids.Restore(append(append([]*identity.Identity{}, st.Identities...), st.CIDRIdentities...)); err != nil {
 		return err
 	}
 	// Policies, as they were imported.

@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"net/netip"
 	"os"
 	"strings"
@@ -16,7 +18,7 @@ import (
 func agentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
 	var dockerCfg docker.Config
-	var pool, logLevel string
+	var pool, logLevel, pprofAddr string
 	var maxEntries uint32
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -42,6 +44,11 @@ func agentCmd(g *globals) *cobra.Command {
 			if os.Geteuid() != 0 {
 				return fmt.Errorf("the agent needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF)")
 			}
+			if pprofAddr != "" {
+				go func() {
+					log.Info("pprof", "addr", pprofAddr, "error", http.ListenAndServe(pprofAddr, nil))
+				}()
+			}
 			a, err := agent.New(cfg, log)
 			if err != nil {
 				return err
@@ -65,6 +72,7 @@ func agentCmd(g *globals) *cobra.Command {
 	f.BoolVar(&cfg.Audit, "audit", false, "audit mode: would-be drops pass and are reported with verdict AUDIT")
 	f.Uint32Var(&maxEntries, "policy-map-max-entries", 16384, "capacity of each endpoint's policy map")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go's pprof on this address (e.g. 127.0.0.1:6060), for profiling")
 	f.Uint16Var(&cfg.ProxyPort, "proxy-port", agent.DefaultProxyPort, "port of the L7 proxy's transparent listener (0 disables L7 policy)")
 	f.StringVar(&cfg.HostIfName, "host-ifname", agent.DefaultHostIfName, "name of the host device holding the pool's gateway address (at most 15 characters, ending in _host)")
 	f.StringVar(&dockerCfg.Socket, "docker-plugin", docker.DefaultSocket, "serve the Docker network and IPAM driver on this socket, where dockerd finds it; its base name is the driver's name; empty: no Docker driver")

@@ -122,6 +122,7 @@ type bpfPolicyEntry struct {
 type bpfPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	EpId      uint32
 	Identity  uint32
 	Egress    uint8
 	Protocol  uint8
@@ -140,7 +141,6 @@ const (
 	bpfMapIpcache        = "ipcache"
 	bpfMapMetrics        = "metrics"
 	bpfMapPolicy         = "policy"
-	bpfMapPolicyInner    = "policy_inner"
 	bpfProgFromContainer = "from_container"
 	bpfProgFromHostDev   = "from_host_dev"
 	bpfProgToContainer   = "to_container"
@@ -198,15 +198,14 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Config      *ebpf.MapSpec `ebpf:"config"`
-	Ct          *ebpf.MapSpec `ebpf:"ct"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	Ipcache     *ebpf.MapSpec `ebpf:"ipcache"`
-	Metrics     *ebpf.MapSpec `ebpf:"metrics"`
-	Policy      *ebpf.MapSpec `ebpf:"policy"`
-	PolicyInner *ebpf.MapSpec `ebpf:"policy_inner"`
+	Config    *ebpf.MapSpec `ebpf:"config"`
+	Ct        *ebpf.MapSpec `ebpf:"ct"`
+	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Frags     *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
+	Policy    *ebpf.MapSpec `ebpf:"policy"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -236,15 +235,14 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Config      *ebpf.Map `ebpf:"config"`
-	Ct          *ebpf.Map `ebpf:"ct"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	Ipcache     *ebpf.Map `ebpf:"ipcache"`
-	Metrics     *ebpf.Map `ebpf:"metrics"`
-	Policy      *ebpf.Map `ebpf:"policy"`
-	PolicyInner *ebpf.Map `ebpf:"policy_inner"`
+	Config    *ebpf.Map `ebpf:"config"`
+	Ct        *ebpf.Map `ebpf:"ct"`
+	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Frags     *ebpf.Map `ebpf:"frags"`
+	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Metrics   *ebpf.Map `ebpf:"metrics"`
+	Policy    *ebpf.Map `ebpf:"policy"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -257,7 +255,6 @@ func (m *bpfMaps) Close() error {
 		m.Ipcache,
 		m.Metrics,
 		m.Policy,
-		m.PolicyInner,
 	)
 }
 

@@ -26,10 +26,10 @@ import (
 // Config says where the datapath pins its objects and how big the
 // per-endpoint policy maps are.
 type Config struct {
-	// BPFFSDir holds the pins: maps/ for the shared maps, endpoints/<id>/
-	// for each endpoint's policy map and links.
+	// BPFFSDir holds the pins: maps/ for the maps, endpoints/<id>/ for
+	// each endpoint's links.
 	BPFFSDir string
-	// PolicyMapMaxEntries is the capacity of each endpoint's policy map.
+	// PolicyMapMaxEntries is each endpoint's share of the policy map.
 	PolicyMapMaxEntries uint32
 }
 
@@ -52,7 +52,6 @@ type Datapath struct {
 	fromProg *ebpf.Program
 	toProg   *ebpf.Program
 	hostProg *ebpf.Program
-	inner    *ebpf.MapSpec
 
 	cfgMu sync.Mutex
 	cfg_  bpfDpConfig
@@ -60,11 +59,13 @@ type Datapath struct {
 	mu       sync.Mutex
 	eps      map[uint32]*endpointState
 	hostLink link.Link
+	// pinned is the policy of endpoints found in the pinned map at Open,
+	// until RestoreEndpoint or RemoveEndpoint takes them.
+	pinned map[uint32]mapstate.MapState
 }
 
 type endpointState struct {
 	ifindex int
-	policy  *ebpf.Map
 	links   [2]link.Link // from_container (tcx ingress), to_container (tcx egress)
 	current mapstate.MapState
 }
@@ -89,12 +90,6 @@ func Open(cfg Config, log *slog.Logger) (_ *Datapath, err error) {
 			d.closeMaps()
 		}
 	}()
-
-	d.inner = spec.Maps["policy_inner"].Copy()
-	d.inner.MaxEntries = cfg.PolicyMapMaxEntries
-	d.inner.Pinning = ebpf.PinNone
-	delete(spec.Maps, "policy_inner")
-	spec.Maps["policy"].InnerMap = d.inner.Copy()
 
 	if err := os.MkdirAll(filepath.Join(cfg.BPFFSDir, "maps"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin dir: %w", err)
@@ -129,6 +124,9 @@ func Open(cfg Config, log *slog.Logger) (_ *Datapath, err error) {
 	}
 	if err := d.maps["config"].Lookup(uint32(0), &d.cfg_); err != nil {
 		return nil, fmt.Errorf("read datapath config: %w", err)
+	}
+	if d.pinned, err = readPolicies(d.maps["policy"]); err != nil {
+		return nil, fmt.Errorf("read pinned policy map: %w", err)
 	}
 	return d, nil
 }
@@ -231,9 +229,6 @@ func (ep *endpointState) close() {
 		if l != nil {
 			l.Close()
 		}
-	}
-	if ep.policy != nil {
-		ep.policy.Close()
 	}
 }
 

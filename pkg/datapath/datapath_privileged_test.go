@@ -52,14 +52,7 @@ func newHarness(t *testing.T, policy mapstate.MapState) *harness {
 	// Attaching to lo would disturb the machine: register the endpoint in
 	// the maps only, and run the programs directly.
 	st := &endpointState{ifindex: 1, current: mapstate.MapState{}}
-	spec := d.inner.Copy()
-	if st.policy, err = ebpf.NewMap(spec); err != nil {
-		t.Fatal(err)
-	}
-	if err := writePolicy(st.policy, st.current, policy); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.maps["policy"].Update(h.ep.ID, st.policy, ebpf.UpdateAny); err != nil {
+	if err := writePolicy(d.maps["policy"], h.ep.ID, st.current, policy); err != nil {
 		t.Fatal(err)
 	}
 	info := h.ep.info()
@@ -94,7 +87,6 @@ func newHarness(t *testing.T, policy mapstate.MapState) *harness {
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		st.policy.Close()
 		d.Close()
 	})
 	return h

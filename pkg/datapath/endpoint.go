@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -40,133 +41,114 @@ func (d *Datapath) epDir(id uint32) string {
 	return filepath.Join(d.cfg.BPFFSDir, "endpoints", strconv.FormatUint(uint64(id), 10))
 }
 
-// AddEndpoint gives an endpoint its policy map, filled with policy, and
-// attaches the programs to its host-side interface. The packet path is
-// closed at every step: the programs drop packets of interfaces that are not
-// (yet) endpoints and of endpoints without a policy map. On failure nothing
-// is left behind. If the endpoint is pinned from an earlier run, its pins
-// are reused (see RestoreEndpoint).
+// AddEndpoint writes an endpoint's policy and registers it, then attaches
+// the programs to its host-side interface. The packet path is closed at
+// every step: the programs drop packets of interfaces that are not (yet)
+// endpoints, and an endpoint's traffic meets its policy from the first
+// packet. On failure nothing is left behind. Entries and pins of an
+// endpoint with the same id from an earlier run are taken over (see
+// RestoreEndpoint).
 func (d *Datapath) AddEndpoint(ep Endpoint, policy mapstate.MapState) (err error) {
-	if len(policy) > int(d.cfg.PolicyMapMaxEntries) {
-		return fmt.Errorf("endpoint %d: %w: %d entries, capacity %d", ep.ID, ErrCapacity, len(policy), d.cfg.PolicyMapMaxEntries)
+	if err := d.checkCapacity(ep.ID, policy); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.eps[ep.ID]; ok {
 		return fmt.Errorf("endpoint %d: already attached", ep.ID)
 	}
-	dir := d.epDir(ep.ID)
-	st := &endpointState{ifindex: ep.IfIndex, current: mapstate.MapState{}}
+	st := &endpointState{ifindex: ep.IfIndex, current: d.takePinned(ep.ID)}
 	defer func() {
 		if err != nil {
 			d.removeLocked(ep.ID, st)
 		}
 	}()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin dir: %w", err)
-	}
-	spec := d.inner.Copy()
-	spec.Name = fmt.Sprintf("policy_%d", ep.ID)
-	if st.policy, err = ebpf.NewMap(spec); err != nil {
-		return fmt.Errorf("create policy map: %w", err)
-	}
-	if err := st.policy.Pin(filepath.Join(dir, "policy")); err != nil {
-		return fmt.Errorf("pin policy map: %w", err)
-	}
-	if err := writePolicy(st.policy, st.current, policy); err != nil {
-		return fmt.Errorf("write policy: %w", err)
-	}
-	if err := d.maps["policy"].Update(ep.ID, st.policy, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("register policy map: %w", err)
-	}
-	info := ep.info()
-	if err := d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("register endpoint: %w", err)
-	}
-	if err := d.attach(st, dir); err != nil {
+	if err := d.register(ep, st, policy); err != nil {
 		return err
 	}
 	d.eps[ep.ID] = st
 	return nil
 }
 
-func (d *Datapath) attach(st *endpointState, dir string) error {
-	progs := [2]*ebpf.Program{d.fromProg, d.toProg}
-	attach := [2]ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress}
-	names := [2]string{"from_container", "to_container"}
-	for i := range progs {
-		path := filepath.Join(dir, names[i])
-		if l, err := link.LoadPinnedLink(path, nil); err == nil {
-			// Pinned by an earlier run: point it at this run's program.
-			if err := l.Update(progs[i]); err != nil {
-				l.Close()
-				return fmt.Errorf("update pinned %s link: %w", names[i], err)
-			}
-			st.links[i] = l
-			continue
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: st.ifindex, Program: progs[i], Attach: attach[i]})
-		if err != nil {
-			return fmt.Errorf("attach tcx %s: %w", names[i], err)
-		}
-		st.links[i] = l
-		if err := l.Pin(path); err != nil {
-			return fmt.Errorf("pin %s link: %w", names[i], err)
-		}
+// register writes the policy, registers the endpoint and attaches.
+func (d *Datapath) register(ep Endpoint, st *endpointState, policy mapstate.MapState) error {
+	dir := d.epDir(ep.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin dir: %w", err)
+	}
+	if err := writePolicy(d.maps["policy"], ep.ID, st.current, policy); err != nil {
+		return fmt.Errorf("endpoint %d: write policy: %w", ep.ID, err)
+	}
+	info := ep.info()
+	if err := d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("endpoint %d: register: %w", ep.ID, err)
+	}
+	if err := d.attach(st, dir); err != nil {
+		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
 	}
 	return nil
 }
 
-// RestoreEndpoint takes over an endpoint pinned by an earlier agent run:
-// its policy map is reused and brought to policy by writing only the
-// differences, its links are pointed at the current programs. Missing pins
-// are recreated. Enforcement never stops while this runs.
-func (d *Datapath) RestoreEndpoint(ep Endpoint, policy mapstate.MapState) error {
+func (d *Datapath) takePinned(id uint32) mapstate.MapState {
+	ms := d.pinned[id]
+	delete(d.pinned, id)
+	if ms == nil {
+		ms = mapstate.MapState{}
+	}
+	return ms
+}
+
+func (d *Datapath) checkCapacity(id uint32, policy mapstate.MapState) error {
 	if len(policy) > int(d.cfg.PolicyMapMaxEntries) {
-		return fmt.Errorf("endpoint %d: %w: %d entries, capacity %d", ep.ID, ErrCapacity, len(policy), d.cfg.PolicyMapMaxEntries)
+		return fmt.Errorf("endpoint %d: %w: %d entries, capacity %d", id, ErrCapacity, len(policy), d.cfg.PolicyMapMaxEntries)
 	}
-	dir := d.epDir(ep.ID)
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "policy"), nil)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return d.AddEndpoint(ep, policy)
-		}
-		return fmt.Errorf("endpoint %d: load pinned policy map: %w", ep.ID, err)
-	}
-	if cerr := d.inner.Compatible(m); cerr != nil {
-		m.Close()
-		d.log.Warn("pinned policy map is not compatible, recreating it", "endpoint", ep.ID, "reason", cerr)
-		if err := os.Remove(filepath.Join(dir, "policy")); err != nil {
-			return fmt.Errorf("endpoint %d: remove stale policy map: %w", ep.ID, err)
-		}
-		return d.AddEndpoint(ep, policy)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := &endpointState{ifindex: ep.IfIndex, policy: m}
-	if st.current, err = readPolicy(m); err != nil {
-		st.close()
-		return fmt.Errorf("endpoint %d: read policy map: %w", ep.ID, err)
-	}
-	if err := writePolicy(m, st.current, policy); err != nil {
-		st.close()
-		return fmt.Errorf("endpoint %d: write policy: %w", ep.ID, err)
-	}
-	if err := d.maps["policy"].Update(ep.ID, m, ebpf.UpdateAny); err != nil {
-		st.close()
-		return fmt.Errorf("endpoint %d: register policy map: %w", ep.ID, err)
-	}
-	info := ep.info()
-	if err := d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateAny); err != nil {
-		st.close()
-		return fmt.Errorf("endpoint %d: register endpoint: %w", ep.ID, err)
-	}
-	if err := d.attach(st, dir); err != nil {
-		st.close()
-		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
-	}
-	d.eps[ep.ID] = st
 	return nil
+}
+
+// attach attaches both programs, concurrently: each TCX attach waits for
+// an RCU grace period, and two waits overlap.
+func (d *Datapath) attach(st *endpointState, dir string) error {
+	progs := [2]*ebpf.Program{d.fromProg, d.toProg}
+	attach := [2]ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress}
+	names := [2]string{"from_container", "to_container"}
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range progs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			path := filepath.Join(dir, names[i])
+			if l, err := link.LoadPinnedLink(path, nil); err == nil {
+				// Pinned by an earlier run: point it at this run's program.
+				if err := l.Update(progs[i]); err != nil {
+					l.Close()
+					errs[i] = fmt.Errorf("update pinned %s link: %w", names[i], err)
+					return
+				}
+				st.links[i] = l
+				return
+			}
+			l, err := link.AttachTCX(link.TCXOptions{Interface: st.ifindex, Program: progs[i], Attach: attach[i]})
+			if err != nil {
+				errs[i] = fmt.Errorf("attach tcx %s: %w", names[i], err)
+				return
+			}
+			st.links[i] = l
+			if err := l.Pin(path); err != nil {
+				errs[i] = fmt.Errorf("pin %s link: %w", names[i], err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	return errors.Join(errs[0], errs[1])
+}
+
+// RestoreEndpoint takes over an endpoint of an earlier agent run: its
+// entries in the pinned policy map are brought to policy by writing only
+// the differences, its pinned links are pointed at the current programs.
+// Missing pins are recreated. Enforcement never stops while this runs.
+func (d *Datapath) RestoreEndpoint(ep Endpoint, policy mapstate.MapState) error {
+	return d.AddEndpoint(ep, policy)
 }
 
 // UpdateEndpoint rewrites an endpoint's identity and flags in one map
@@ -197,12 +179,16 @@ func (d *Datapath) RemoveEndpoint(id uint32, ifindex int) error {
 	st := d.eps[id]
 	if st == nil {
 		st = &endpointState{ifindex: ifindex}
+		// Links pinned by an earlier run go with their pins.
 	}
 	return d.removeLocked(id, st)
 }
 
 func (d *Datapath) removeLocked(id uint32, st *endpointState) error {
 	var errs []error
+	if st.current == nil {
+		st.current = d.takePinned(id)
+	}
 	for i, l := range st.links {
 		if l == nil {
 			continue
@@ -220,12 +206,8 @@ func (d *Datapath) removeLocked(id uint32, st *endpointState) error {
 			errs = append(errs, fmt.Errorf("unregister endpoint: %w", err))
 		}
 	}
-	if err := d.maps["policy"].Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("unregister policy map: %w", err))
-	}
-	if st.policy != nil {
-		st.policy.Close()
-		st.policy = nil
+	if err := writePolicy(d.maps["policy"], id, st.current, nil); err != nil {
+		errs = append(errs, fmt.Errorf("delete policy entries: %w", err))
 	}
 	// Pins of this endpoint, including those of an earlier run.
 	if err := os.RemoveAll(d.epDir(id)); err != nil {
@@ -242,20 +224,28 @@ func (d *Datapath) removeLocked(id uint32, st *endpointState) error {
 }
 
 // PinnedEndpoints lists the endpoint ids with pins under the bpffs
-// directory, whether or not this run attached them.
+// directory or entries in the policy map, whether or not this run
+// attached them.
 func (d *Datapath) PinnedEndpoints() ([]uint32, error) {
 	ents, err := os.ReadDir(filepath.Join(d.cfg.BPFFSDir, "endpoints"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	seen := map[uint32]bool{}
 	var ids []uint32
 	for _, e := range ents {
-		if n, err := strconv.ParseUint(e.Name(), 10, 32); err == nil {
+		if n, err := strconv.ParseUint(e.Name(), 10, 32); err == nil && !seen[uint32(n)] {
+			seen[uint32(n)] = true
 			ids = append(ids, uint32(n))
 		}
 	}
+	d.mu.Lock()
+	for id := range d.pinned {
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	d.mu.Unlock()
 	return ids, nil
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/membrane-net/membrane/pkg/policy/mapstate"
 )
 
-func policyKey(k mapstate.Key) bpfPolicyKey {
+func policyKey(id uint32, k mapstate.Key) bpfPolicyKey {
 	var port [2]byte
 	binary.BigEndian.PutUint16(port[:], k.Port)
 	egress := uint8(0)
@@ -20,7 +20,8 @@ func policyKey(k mapstate.Key) bpfPolicyKey {
 		egress = 1
 	}
 	return bpfPolicyKey{
-		Prefixlen: k.PrefixLen(),
+		Prefixlen: 32 + k.PrefixLen(),
+		EpId:      id,
 		Identity:  uint32(k.Identity),
 		Egress:    egress,
 		Protocol:  k.Protocol,
@@ -28,18 +29,19 @@ func policyKey(k mapstate.Key) bpfPolicyKey {
 	}
 }
 
-func fromPolicyKey(bk bpfPolicyKey) mapstate.Key {
+func fromPolicyKey(bk bpfPolicyKey) (uint32, mapstate.Key) {
 	var port [2]byte
 	binary.NativeEndian.PutUint16(port[:], bk.Dport)
 	k := mapstate.Key{Identity: identity.NumericIdentity(bk.Identity), Egress: bk.Egress == 1, Protocol: bk.Protocol}
-	if bk.Prefixlen > 48 {
-		k.PortPrefixLen = uint8(bk.Prefixlen - 48)
+	plen := bk.Prefixlen - 32 // without the endpoint id
+	if plen > 48 {
+		k.PortPrefixLen = uint8(plen - 48)
 		k.Port = binary.BigEndian.Uint16(port[:])
 	}
-	if bk.Prefixlen <= 40 {
+	if plen <= 40 {
 		k.Protocol = mapstate.ProtoAny
 	}
-	return k
+	return bk.EpId, k
 }
 
 func policyValue(k mapstate.Key, e mapstate.Entry) bpfPolicyEntry {
@@ -50,17 +52,17 @@ func policyValue(k mapstate.Key, e mapstate.Entry) bpfPolicyEntry {
 	return v
 }
 
-// writePolicy brings the map from current to desired with the writes of
-// mapstate.Diff, in its order, and keeps current equal to what the map
-// holds, even when a write fails.
-func writePolicy(m *ebpf.Map, current, desired mapstate.MapState) error {
-	for _, k := range desired.Keys() {
+// writePolicy brings an endpoint's entries from current to desired with
+// the writes of mapstate.Diff, in its order, and keeps current equal to
+// what the map holds, even when a write fails.
+func writePolicy(m *ebpf.Map, id uint32, current, desired mapstate.MapState) error {
+	for k := range desired {
 		if err := k.Valid(); err != nil {
 			return fmt.Errorf("key %s: %w", k, err)
 		}
 	}
 	for _, c := range mapstate.Diff(current, desired) {
-		bk := policyKey(c.Key)
+		bk := policyKey(id, c.Key)
 		if c.Delete {
 			if err := m.Delete(&bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete %s: %w", c.Key, err)
@@ -80,15 +82,26 @@ func writePolicy(m *ebpf.Map, current, desired mapstate.MapState) error {
 	return nil
 }
 
-func readPolicy(m *ebpf.Map) (mapstate.MapState, error) {
-	ms := mapstate.MapState{}
+// readPolicies reads the whole policy map, by endpoint (want: only that
+// endpoint; 0: all).
+func readPolicies(m *ebpf.Map, want ...uint32) (map[uint32]mapstate.MapState, error) {
+	out := map[uint32]mapstate.MapState{}
 	var bk bpfPolicyKey
 	var v bpfPolicyEntry
 	it := m.Iterate()
 	for it.Next(&bk, &v) {
-		ms[fromPolicyKey(bk)] = mapstate.Entry{Deny: v.Flags&policyFlagDeny != 0, ProxyPort: v.ProxyPort, Cookie: v.Cookie}
+		id, k := fromPolicyKey(bk)
+		if len(want) > 0 && id != want[0] {
+			continue
+		}
+		ms := out[id]
+		if ms == nil {
+			ms = mapstate.MapState{}
+			out[id] = ms
+		}
+		ms[k] = mapstate.Entry{Deny: v.Flags&policyFlagDeny != 0, ProxyPort: v.ProxyPort, Cookie: v.Cookie}
 	}
-	return ms, it.Err()
+	return out, it.Err()
 }
 
 // SyncPolicy brings an endpoint's policy map to policy, writing only the
@@ -96,8 +109,8 @@ func readPolicy(m *ebpf.Map) (mapstate.MapState, error) {
 // flows the change does not touch keep their verdict throughout). It
 // returns the number of writes.
 func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (int, error) {
-	if len(policy) > int(d.cfg.PolicyMapMaxEntries) {
-		return 0, fmt.Errorf("endpoint %d: %w: %d entries, capacity %d", id, ErrCapacity, len(policy), d.cfg.PolicyMapMaxEntries)
+	if err := d.checkCapacity(id, policy); err != nil {
+		return 0, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -106,20 +119,21 @@ func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (int, error) 
 		return 0, fmt.Errorf("endpoint %d: not attached", id)
 	}
 	n := len(mapstate.Diff(st.current, policy))
-	if err := writePolicy(st.policy, st.current, policy); err != nil {
+	if err := writePolicy(d.maps["policy"], id, st.current, policy); err != nil {
 		return 0, fmt.Errorf("endpoint %d: %w", id, err)
 	}
 	return n, nil
 }
 
-// ReadPolicy returns what the kernel's policy map of an endpoint holds,
+// ReadPolicy returns what the kernel's policy map holds for an endpoint,
 // read from the map itself.
 func (d *Datapath) ReadPolicy(id uint32) (mapstate.MapState, error) {
-	d.mu.Lock()
-	st, ok := d.eps[id]
-	d.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("endpoint %d: not attached", id)
+	all, err := readPolicies(d.maps["policy"], id)
+	if err != nil {
+		return nil, err
 	}
-	return readPolicy(st.policy)
+	if ms := all[id]; ms != nil {
+		return ms, nil
+	}
+	return mapstate.MapState{}, nil
 }

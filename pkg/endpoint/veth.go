@@ -199,8 +199,18 @@ func (v *Veth) ConfigureHost(addr, hostIP netip.Addr) error {
 
 // Configure moves the peer into the namespace, renames it, gives it addr/32
 // and a default route through GatewayIP, and routes addr to the host side
-// with src hostIP. Both ends come up last.
+// with src hostIP. The host side comes up last.
 func (v *Veth) Configure(addr, hostIP netip.Addr) error {
+	if err := v.ConfigureNetns(addr); err != nil {
+		return err
+	}
+	return v.configureHost(addr, hostIP)
+}
+
+// ConfigureNetns does the namespace's half of Configure: the peer moved,
+// renamed, addressed, routed and up. Nothing passes while the host side is
+// down, so it may run while the datapath attaches.
+func (v *Veth) ConfigureNetns(addr netip.Addr) error {
 	peer, err := netlink.LinkByName(tmpIfName(v.HostName))
 	if err != nil {
 		return fmt.Errorf("find veth peer: %w", err)
@@ -209,10 +219,7 @@ func (v *Veth) Configure(addr, hostIP netip.Addr) error {
 		return fmt.Errorf("move veth peer into %s: %w", v.netnsPath, err)
 	}
 	v.moved = true
-	if err := inNetns(v.ns, func() error { return v.configureInside(addr) }); err != nil {
-		return err
-	}
-	return v.configureHost(addr, hostIP)
+	return inNetns(v.ns, func() error { return v.configureInside(addr) })
 }
 
 func (v *Veth) configureHost(addr, hostIP netip.Addr) error {

@@ -152,6 +152,20 @@ func (a *LocalAllocator) LookupByLabels(lbls labels.Labels) *Identity {
 	return nil
 }
 
+// Users returns the identities of label sets (neither reserved nor
+// node-local), unordered.
+func (a *LocalAllocator) Users() []*Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []*Identity
+	for _, id := range a.byID {
+		if !id.ID.IsReserved() && !id.ID.IsLocal() {
+			out = append(out, id.copy())
+		}
+	}
+	return out
+}
+
 // List implements Allocator.
 func (a *LocalAllocator) List() []*Identity {
 	a.mu.Lock()

@@ -205,29 +205,54 @@ func (c *IPCache) valueFor(p netip.Prefix) datapath.IPCacheValue {
 }
 
 // keysUnderAny returns the keys (and former keys) inside any of the
-// changed prefixes: only their values can change.
+// changed prefixes: only their values can change. Each key is checked
+// against the changed prefixes or against its own enclosing prefixes,
+// whichever is fewer, so a change of many CIDRs stays linear.
 func (c *IPCache) keysUnderAny(changed map[netip.Prefix]bool) []netip.Prefix {
 	var out []netip.Prefix
-	consider := func(p netip.Prefix) {
-		for q := range changed {
-			if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
-				out = append(out, p)
-				return
+	under := func(p netip.Prefix) bool {
+		if len(changed) <= p.Bits()+1 {
+			for q := range changed {
+				if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+					return true
+				}
+			}
+			return false
+		}
+		for bits := p.Bits(); bits >= 0; bits-- {
+			q, _ := p.Addr().Prefix(bits)
+			if changed[q] {
+				return true
 			}
 		}
+		return false
 	}
-	seen := map[netip.Prefix]bool{}
-	for p := range c.sec {
-		seen[p] = true
-	}
-	for p := range c.cidr {
-		seen[p] = true
-	}
-	for p := range c.written {
-		seen[p] = true
-	}
-	for p := range seen {
-		consider(p)
+	seen := make(map[netip.Prefix]bool, len(c.sec)+len(c.cidr))
+	for _, m := range []func(func(netip.Prefix)){
+		func(fn func(netip.Prefix)) {
+			for p := range c.sec {
+				fn(p)
+			}
+		},
+		func(fn func(netip.Prefix)) {
+			for p := range c.cidr {
+				fn(p)
+			}
+		},
+		func(fn func(netip.Prefix)) {
+			for p := range c.written {
+				fn(p)
+			}
+		},
+	} {
+		m(func(p netip.Prefix) {
+			if !seen[p] {
+				seen[p] = true
+				if under(p) {
+					out = append(out, p)
+				}
+			}
+		})
 	}
 	return out
 }

@@ -1,6 +1,8 @@
-// Package state owns the agent's state on disk: endpoints, identities and
-// policies, written atomically after every change so that a restarted
-// agent finds what it had. It does not interpret what it stores.
+// Package state owns the agent's state on disk: endpoints and their
+// identities in one file, policies and the CIDR identities they need in
+// another, each written atomically (temporary file, rename) when
+// its part changes, so that a restarted agent finds what it had. It does
+// not interpret what it stores.
 package state
 
 import (
@@ -15,19 +17,34 @@ import (
 )
 
 // Version of the file layout.
-const Version = 1
+const Version = 2
 
 // State is everything the agent must not lose.
 type State struct {
+	EndpointsFile `json:"-"`
+	PoliciesFile  `json:"-"`
+}
+
+// EndpointsFile is the endpoints file: endpoints, the identities of label sets
+// and endpoint creations in progress.
+type EndpointsFile struct {
 	Version        int                  `json:"version"`
 	NextEndpointID uint32               `json:"nextEndpointID"`
-	Revision       uint64               `json:"revision"`
 	Endpoints      []*endpoint.Endpoint `json:"endpoints"`
 	Identities     []*identity.Identity `json:"identities"`
-	Policies       []Policy             `json:"policies"`
 	// Pending are endpoints being created: an agent that finds some after
 	// a crash removes what was made for them.
 	Pending []Pending `json:"pending,omitempty"`
+}
+
+// PoliciesFile is the policies file: the imported documents, the repository's
+// revision and the identities of the CIDRs they name (kept so that the
+// numbers in the kernel's maps stay valid across a restart).
+type PoliciesFile struct {
+	Version        int                  `json:"version"`
+	Revision       uint64               `json:"revision"`
+	Policies       []Policy             `json:"policies"`
+	CIDRIdentities []*identity.Identity `json:"cidrIdentities,omitempty"`
 }
 
 // Pending is an endpoint whose creation started.
@@ -43,52 +60,86 @@ type Policy struct {
 	Object   json.RawMessage `json:"object"`
 }
 
-// Store reads and writes the state file in a directory.
+// Store reads and writes the state files in a directory.
 type Store struct {
-	path string
+	dir string
 }
+
+const (
+	endpointsFile = "endpoints.json"
+	policiesFile  = "policies.json"
+)
 
 // Open prepares the state directory.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	return &Store{path: filepath.Join(dir, "state.json")}, nil
+	return &Store{dir: dir}, nil
 }
 
-// Path is the state file.
-func (s *Store) Path() string { return s.path }
+// Dir is the state directory.
+func (s *Store) Dir() string { return s.dir }
 
-// Load reads the state; a missing file is an empty state.
+// Load reads the state; missing files are empty parts.
 func (s *Store) Load() (*State, error) {
-	b, err := os.ReadFile(s.path)
-	if errors.Is(err, os.ErrNotExist) {
-		return &State{Version: Version, NextEndpointID: 1}, nil
+	st := &State{EndpointsFile: EndpointsFile{Version: Version, NextEndpointID: 1}, PoliciesFile: PoliciesFile{Version: Version}}
+	if err := s.read(endpointsFile, &st.EndpointsFile); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read state: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("parse state %s: %w", s.path, err)
-	}
-	if st.Version != Version {
-		return nil, fmt.Errorf("state %s: version %d, this agent reads %d", s.path, st.Version, Version)
+	if err := s.read(policiesFile, &st.PoliciesFile); err != nil {
+		return nil, err
 	}
 	if st.NextEndpointID == 0 {
 		st.NextEndpointID = 1
 	}
-	return &st, nil
+	return st, nil
 }
 
-// Save writes the state atomically: a temporary file, fsync, rename.
-func (s *Store) Save(st *State) error {
-	st.Version = Version
-	b, err := json.MarshalIndent(st, "", " ")
+func (s *Store) read(name string, v interface{ version() int }) error {
+	path := filepath.Join(s.dir, name)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read state: %w", err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("parse state %s: %w", path, err)
+	}
+	if v.version() != Version {
+		return fmt.Errorf("state %s: version %d, this agent reads %d", path, v.version(), Version)
+	}
+	return nil
+}
+
+func (e *EndpointsFile) version() int { return e.Version }
+func (p *PoliciesFile) version() int  { return p.Version }
+
+// SaveEndpoints writes the endpoints file.
+func (s *Store) SaveEndpoints(e *EndpointsFile) error {
+	e.Version = Version
+	return s.write(endpointsFile, e)
+}
+
+// SavePolicies writes the policies file.
+func (s *Store) SavePolicies(p *PoliciesFile) error {
+	p.Version = Version
+	return s.write(policiesFile, p)
+}
+
+// write replaces a file atomically: a temporary file, then rename. There
+// is no fsync: the state describes kernel objects (pins in bpffs, veths,
+// namespaces) that a power loss erases too, and after an agent crash the
+// page cache holds the file; a restarted agent reconciles with the kernel.
+func (s *Store) write(name string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp := s.path + ".tmp"
+	path := filepath.Join(s.dir, name)
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
@@ -97,14 +148,10 @@ func (s *Store) Save(st *State) error {
 		f.Close()
 		return fmt.Errorf("write state: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync state: %w", err)
-	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close state: %w", err)
 	}
-	if err := os.Rename(tmp, s.path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace state: %w", err)
 	}
 	return nil
