@@ -90,6 +90,14 @@ type Agent struct {
 	proxy      *proxy.Proxy
 	l7         l7Store
 	socketRule bool
+
+	// stored are the policies written to the state directory, by file.
+	stored map[string]*policy.Policy
+	// cidrDirty: the CIDR identities changed since they were written.
+	cidrDirty bool
+	// prefixes caches the repository's IPv4 CIDRs at a revision.
+	prefixes    map[netip.Prefix]bool
+	prefixesRev uint64
 }
 
 type epState struct {
@@ -310,21 +318,48 @@ func (a *Agent) persistEndpoints() error {
 	return nil
 }
 
-// persistPolicies writes the policies file: the documents, the revision
-// and the CIDR identities. The caller holds mu.
+// persistPolicies writes what changed of the policies: the files of
+// policies imported or replaced since the last write (compared by
+// pointer with what was stored), removes those of deleted ones, the
+// revision, and the CIDR identities when they changed. The caller holds
+// mu.
 func (a *Agent) persistPolicies() error {
-	st := &state.PoliciesFile{Revision: a.repo.Revision()}
+	now := map[string]*policy.Policy{}
 	for _, p := range a.repo.List() {
-		st.Policies = append(st.Policies, state.Policy{File: p.File, Document: p.Document, Object: p.Object})
+		now[state.PolicyFileName(p.Kind, p.Namespace, p.Name)] = p
 	}
-	for _, id := range a.cidrIDs {
-		if ident := a.ids.Lookup(id); ident != nil {
-			st.CIDRIdentities = append(st.CIDRIdentities, ident)
+	for name, p := range now {
+		if a.stored[name] == p {
+			continue
+		}
+		if err := a.store.SavePolicy(name, state.Policy{File: p.File, Document: p.Document, Object: p.Object}); err != nil {
+			a.log.Error("persist policy", "error", err)
+			return err
 		}
 	}
-	if err := a.store.SavePolicies(st); err != nil {
-		a.log.Error("persist policies", "error", err)
+	for name := range a.stored {
+		if _, ok := now[name]; !ok {
+			if err := a.store.DeletePolicy(name); err != nil {
+				a.log.Error("persist policy", "error", err)
+				return err
+			}
+		}
+	}
+	a.stored = now
+	if err := a.store.SaveRevision(a.repo.Revision()); err != nil {
+		a.log.Error("persist policy revision", "error", err)
 		return err
+	}
+	if a.cidrDirty {
+		ids := make([]state.CIDRIdentity, 0, len(a.cidrIDs))
+		for p, id := range a.cidrIDs {
+			ids = append(ids, state.CIDRIdentity{Prefix: p.String(), ID: id})
+		}
+		if err := a.store.SaveCIDRIdentities(ids); err != nil {
+			a.log.Error("persist CIDR identities", "error", err)
+			return err
+		}
+		a.cidrDirty = false
 	}
 	return nil
 }

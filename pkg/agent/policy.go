@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/membrane-net/membrane/pkg/api"
 	"github.com/membrane-net/membrane/pkg/identity"
@@ -72,14 +73,18 @@ func (a *Agent) ValidatePolicy(ctx context.Context, req api.PolicyRequest) (*api
 // enforces them; if anything is wrong (a bad document, a policy that does
 // not fit an endpoint's map) nothing changes.
 func (a *Agent) ImportPolicy(ctx context.Context, req api.PolicyRequest) (*api.PolicyResult, error) {
+	t0 := time.Now()
 	pols, err := parseFiles(req.Files)
 	if err != nil {
 		return nil, err
 	}
+	a.log.Debug("enforce policy", "step", "parse", "elapsed", time.Since(t0))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	err = a.changePolicy(func() error {
+		t1 := time.Now()
 		_, err := a.repo.Import(pols)
+		a.log.Debug("enforce policy", "step", "repository", "elapsed", time.Since(t1))
 		return err
 	})
 	if err != nil {
@@ -116,21 +121,29 @@ func (a *Agent) changePolicy(change func() error) error {
 // enforcePolicy brings identities, the kernel's maps and the ipcache to
 // the repository, then persists. The caller holds mu.
 func (a *Agent) enforcePolicy() error {
+	t0 := time.Now()
+	step := func(name string) { a.log.Debug("enforce policy", "step", name, "elapsed", time.Since(t0)) }
 	if err := a.syncCIDRIdentities(); err != nil {
 		return err
 	}
+	step("cidr identities")
 	resolved, err := a.resolveAll()
 	if err != nil {
 		return err
 	}
+	step("resolve")
 	if err := a.apply(resolved); err != nil {
 		return err
 	}
+	step("apply")
 	if err := a.publishCIDRs(); err != nil {
 		return err
 	}
+	step("ipcache")
 	a.refreshOrigins()
-	return a.persistPolicies()
+	err = a.persistPolicies()
+	step("persist")
+	return err
 }
 
 // GetPolicy lists the repository.

@@ -162,6 +162,7 @@ func (a *Agent) syncCIDRIdentities() error {
 			return fmt.Errorf("identity for CIDR %s: %w", p, err)
 		}
 		a.cidrIDs[p] = id.ID
+		a.cidrDirty = true
 		a.repo.UpsertIdentity(policy.SelectableIdentity{ID: id.ID, Labels: id.Labels, Prefix: p})
 	}
 	return nil
@@ -171,13 +172,16 @@ func (a *Agent) syncCIDRIdentities() error {
 // IPv4 ones, as the datapath enforces IPv4 only (IPv6 is dropped whatever
 // the policy says).
 func (a *Agent) policyPrefixes() map[netip.Prefix]bool {
-	want := map[netip.Prefix]bool{}
-	for _, p := range a.repo.Prefixes() {
-		if p.Addr().Is4() {
-			want[p.Masked()] = true
+	if rev := a.repo.Revision(); a.prefixes == nil || a.prefixesRev != rev {
+		want := map[netip.Prefix]bool{}
+		for _, p := range a.repo.Prefixes() {
+			if p.Addr().Is4() {
+				want[p.Masked()] = true
+			}
 		}
+		a.prefixes, a.prefixesRev = want, rev
 	}
-	return want
+	return a.prefixes
 }
 
 // staleCIDRs lists the CIDR identities no policy needs any more.
@@ -210,6 +214,7 @@ func (a *Agent) publishCIDRs() error {
 	}
 	for p, id := range stale {
 		delete(a.cidrIDs, p)
+		a.cidrDirty = true
 		if _, err := a.ids.Release(context.Background(), id); err != nil {
 			a.log.Warn("release CIDR identity", "cidr", p, "error", err)
 		}

@@ -29,7 +29,12 @@ func (a *Agent) restore(st *state.State) error {
 			a.log.Warn("remove pins", "endpoint", p.ID, "error", err)
 		}
 	}
-	if err := a.ids.Restore(append(append([]*identity.Identity{}, st.Identities...), st.CIDRIdentities...)); err != nil {
+	restored := append([]*identity.Identity{}, st.Identities...)
+	for _, c := range st.CIDRIdentities {
+		restored = append(restored, &identity.Identity{ID: c.ID, Refs: 1,
+			Labels: labels.New(labels.Label{Source: labels.SourceCIDR, Key: c.Prefix})})
+	}
+	if err := a.ids.Restore(restored); err != nil {
 		return err
 	}
 	// Policies, as they were imported.
@@ -43,6 +48,11 @@ func (a *Agent) restore(st *state.State) error {
 	}
 	if err := a.repo.Restore(pols, st.Revision); err != nil {
 		return fmt.Errorf("stored policies: %w", err)
+	}
+	// What was read needs no writing back.
+	a.stored = map[string]*policy.Policy{}
+	for _, p := range a.repo.List() {
+		a.stored[state.PolicyFileName(p.Kind, p.Namespace, p.Name)] = p
 	}
 	for _, sep := range st.Endpoints {
 		a.eps[sep.ID] = &epState{ep: *sep}

@@ -384,8 +384,18 @@ func TestPrivilegedRestart(t *testing.T) {
 	app3 := a.addEndpoint("app3", "id=app3")
 	serveTCP(t, app1.NS, 80)
 	a.importPolicy("l3.json", l3l4JSON)
+	a.importPolicy("cidr.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: app3-out}
+spec:
+  endpointSelector: {matchLabels: {id: app3}}
+  egress:
+  - toCIDRSet: [{cidr: 198.18.0.0/16, except: [198.18.7.0/24]}]
+`)
 	listBefore := a.mustCLI("endpoint", "list")
 	policyBefore := a.mustCLI("policy", "get", "-o", "json")
+	mapBefore := a.mustCLI("bpf", "policy", "get", fmt.Sprint(app3.ID))
+	ipcacheBefore := a.mustCLI("bpf", "ipcache", "list")
 
 	conn, err := dialNS(app2.NS, addr(app1, 80))
 	if err != nil {
@@ -422,6 +432,13 @@ func TestPrivilegedRestart(t *testing.T) {
 	if got := a.mustCLI("policy", "get", "-o", "json"); got != policyBefore {
 		t.Errorf("policy get after restart:\n%s\nbefore:\n%s", got, policyBefore)
 	}
+	// CIDR identities keep their numbers: the kernel's maps are unchanged.
+	if got := a.mustCLI("bpf", "policy", "get", fmt.Sprint(app3.ID)); got != mapBefore {
+		t.Errorf("policy map after restart:\n%s\nbefore:\n%s", got, mapBefore)
+	}
+	if got := a.mustCLI("bpf", "ipcache", "list"); got != ipcacheBefore {
+		t.Errorf("ipcache after restart:\n%s\nbefore:\n%s", got, ipcacheBefore)
+	}
 	if err := echo(); err != nil {
 		t.Fatalf("established connection after restart: %v", err)
 	}
@@ -429,6 +446,7 @@ func TestPrivilegedRestart(t *testing.T) {
 	expectTCP(t, app3, addr(app1, 80), false)
 	// The restarted agent manages what it found.
 	a.mustCLI("policy", "delete", "l3")
+	a.mustCLI("policy", "delete", "app3-out")
 	expectTCP(t, app3, addr(app1, 80), true)
 	a.mustCLI("endpoint", "delete", fmt.Sprint(app3.ID))
 	if linkExists(app3.Interface) || len(pinsOf(a, app3.ID)) != 0 {
