@@ -324,4 +324,3 @@ func isNotFound(err error) bool {
 	var se *api.StatusError
 	return errors.As(err, &se) && se.Code == http.StatusNotFound
 }
-
