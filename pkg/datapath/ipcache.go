@@ -55,6 +55,41 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
+// IPCacheEntry is one prefix and its value.
+type IPCacheEntry struct {
+	Prefix netip.Prefix
+	Value  IPCacheValue
+}
+
+// ApplyIPCache writes upserts, then removes deletes, in batches.
+func (d *Datapath) ApplyIPCache(upserts []IPCacheEntry, deletes []netip.Prefix) error {
+	if len(upserts) > 0 {
+		keys := make([]bpfIpcacheKey, 0, len(upserts))
+		vals := make([]bpfIpcacheValue, 0, len(upserts))
+		for _, e := range upserts {
+			k, err := ipcacheKey(e.Prefix)
+			if err != nil {
+				return err
+			}
+			v := bpfIpcacheValue{Identity: e.Value.Identity, CidrIdentity: e.Value.CIDRIdentity}
+			if e.Value.InCluster {
+				v.Flags |= ipcacheFlagCluster
+			}
+			keys = append(keys, k)
+			vals = append(vals, v)
+		}
+		if _, err := d.maps["ipcache"].BatchUpdate(keys, vals, nil); err != nil {
+			return fmt.Errorf("ipcache update of %d entries: %w", len(keys), err)
+		}
+	}
+	for _, p := range deletes {
+		if err := d.DeleteIPCache(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ListIPCache reads every entry of the kernel's ipcache.
 func (d *Datapath) ListIPCache() (map[netip.Prefix]IPCacheValue, error) {
 	out := map[netip.Prefix]IPCacheValue{}

@@ -61,25 +61,45 @@ func writePolicy(m *ebpf.Map, id uint32, current, desired mapstate.MapState) err
 			return fmt.Errorf("key %s: %w", k, err)
 		}
 	}
-	for _, c := range mapstate.Diff(current, desired) {
-		bk := policyKey(id, c.Key)
+	changes := mapstate.Diff(current, desired)
+	// Upserts first, in batches, then deletions (Diff's order).
+	var keys []bpfPolicyKey
+	var vals []bpfPolicyEntry
+	var upKeys []mapstate.Key
+	flush := func() error {
+		if len(keys) == 0 {
+			return nil
+		}
+		n, err := m.BatchUpdate(keys, vals, nil)
+		for i := 0; i < n && i < len(upKeys); i++ {
+			current[upKeys[i]] = desired[upKeys[i]]
+		}
+		if err != nil {
+			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
+				return fmt.Errorf("%w: %v", ErrCapacity, err)
+			}
+			return fmt.Errorf("update %d entries: %w", len(keys), err)
+		}
+		keys, vals, upKeys = keys[:0], vals[:0], upKeys[:0]
+		return nil
+	}
+	for _, c := range changes {
 		if c.Delete {
+			if err := flush(); err != nil {
+				return err
+			}
+			bk := policyKey(id, c.Key)
 			if err := m.Delete(&bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete %s: %w", c.Key, err)
 			}
 			delete(current, c.Key)
 			continue
 		}
-		v := policyValue(c.Key, c.Entry)
-		if err := m.Update(&bk, &v, ebpf.UpdateAny); err != nil {
-			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
-				return fmt.Errorf("%w: %s: %v", ErrCapacity, c.Key, err)
-			}
-			return fmt.Errorf("update %s: %w", c.Key, err)
-		}
-		current[c.Key] = c.Entry
+		keys = append(keys, policyKey(id, c.Key))
+		vals = append(vals, policyValue(c.Key, c.Entry))
+		upKeys = append(upKeys, c.Key)
 	}
-	return nil
+	return flush()
 }
 
 // readPolicies reads the whole policy map, by endpoint (want: only that

@@ -18,10 +18,10 @@ import (
 	"github.com/membrane-net/membrane/pkg/identity"
 )
 
-// Writer is where entries go: the datapath, or a fake in tests.
+// Writer is where entries go: the datapath, or a fake in tests. Upserts
+// are written before deletes.
 type Writer interface {
-	UpsertIPCache(netip.Prefix, datapath.IPCacheValue) error
-	DeleteIPCache(netip.Prefix) error
+	ApplyIPCache(upserts []datapath.IPCacheEntry, deletes []netip.Prefix) error
 }
 
 // Security is what a security prefix says.
@@ -275,6 +275,7 @@ func (c *IPCache) syncKeys(keys []netip.Prefix) error {
 		keys = append(keys, c.keys()...)
 	}
 	var dels []netip.Prefix
+	var ups []datapath.IPCacheEntry
 	for _, p := range keys {
 		_, isSec := c.sec[p]
 		_, isCIDR := c.cidr[p]
@@ -289,15 +290,18 @@ func (c *IPCache) syncKeys(keys []netip.Prefix) error {
 		if wasWritten && old == v {
 			continue
 		}
-		if err := c.w.UpsertIPCache(p, v); err != nil {
-			return fmt.Errorf("ipcache: %w", err)
-		}
-		c.written[p] = v
+		ups = append(ups, datapath.IPCacheEntry{Prefix: p, Value: v})
+	}
+	if len(ups) == 0 && len(dels) == 0 {
+		return nil
+	}
+	if err := c.w.ApplyIPCache(ups, dels); err != nil {
+		return fmt.Errorf("ipcache: %w", err)
+	}
+	for _, e := range ups {
+		c.written[e.Prefix] = e.Value
 	}
 	for _, p := range dels {
-		if err := c.w.DeleteIPCache(p); err != nil {
-			return fmt.Errorf("ipcache: %w", err)
-		}
 		delete(c.written, p)
 	}
 	return nil

@@ -12,8 +12,15 @@ import (
 // fakeLPM is an in-memory LPM map.
 type fakeLPM map[netip.Prefix]datapath.IPCacheValue
 
-func (f fakeLPM) UpsertIPCache(p netip.Prefix, v datapath.IPCacheValue) error { f[p] = v; return nil }
-func (f fakeLPM) DeleteIPCache(p netip.Prefix) error                          { delete(f, p); return nil }
+func (f fakeLPM) ApplyIPCache(ups []datapath.IPCacheEntry, dels []netip.Prefix) error {
+	for _, e := range ups {
+		f[e.Prefix] = e.Value
+	}
+	for _, p := range dels {
+		delete(f, p)
+	}
+	return nil
+}
 func (f fakeLPM) lookup(a netip.Addr) datapath.IPCacheValue {
 	for bits := 32; bits >= 0; bits-- {
 		q, _ := a.Prefix(bits)
