@@ -90,6 +90,7 @@ type Agent struct {
 	proxy      *proxy.Proxy
 	l7         l7Store
 	socketRule bool
+	spares     sparePool
 
 	// stored are the policies written to the state directory, by file.
 	stored map[string]*policy.Policy
@@ -121,6 +122,7 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		hostIPs: map[netip.Addr]bool{},
 		pending: map[uint32]state.Pending{},
 		started: time.Now(),
+		spares:  sparePool{tag: spareTag(cfg.StateDir), kick: make(chan struct{}, 1)},
 	}
 	if a.pool, err = ipam.New(cfg.IPv4Pool); err != nil {
 		return nil, fmt.Errorf("address pool: %w", err)
@@ -209,10 +211,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		a.serveProxy(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.keepSpares(ctx)
 	}()
 	go func() {
 		defer wg.Done()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/datapath"
 	"github.com/membrane-net/membrane/pkg/endpoint"
 	"github.com/membrane-net/membrane/pkg/identity"
 	"github.com/membrane-net/membrane/pkg/ipam"
@@ -305,10 +306,25 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 
 	step("identity")
 	var veth *endpoint.Veth
-	if spec.prepared {
+	var att *datapath.Attachment
+	if sp := a.takeSpare(); sp != nil {
+		defer a.refillSpares()
+		veth, att = sp.veth, sp.att
+		undo = append(undo, func() { att.Close() })
+		nsPath := spec.netns
+		if spec.prepared {
+			nsPath = ""
+		}
+		err = veth.Adopt(nsPath, ep.Interface, spec.contIf)
+	} else if spec.prepared {
 		veth, err = endpoint.PrepareHostVeth(ep.Interface)
 	} else {
 		veth, err = endpoint.PrepareVeth(spec.netns, ep.Interface, spec.contIf)
+	}
+	if veth != nil {
+		defer veth.Close()
+		v := veth
+		undo = append(undo, func() { _ = v.Delete() })
 	}
 	if err != nil {
 		if errors.Is(err, endpoint.ErrNetns) || errors.Is(err, endpoint.ErrIfaceExists) {
@@ -316,8 +332,6 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 		}
 		return nil, "", err
 	}
-	defer veth.Close()
-	undo = append(undo, func() { _ = veth.Delete() })
 	a.faultPoint("endpoint-after-veth")
 	s.ep.IfIndex = veth.HostIndex
 	s.ep.MAC = veth.ContMAC.String()
@@ -334,7 +348,7 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	// The datapath attaches (RCU grace periods) while the namespace side
 	// is wired; the host side comes up only once both are done.
 	attached := make(chan error, 1)
-	go func() { attached <- a.dp.AddEndpoint(a.dpEndpoint(s), res.MapState) }()
+	go func() { attached <- a.dp.AddAttachedEndpoint(a.dpEndpoint(s), res.MapState, att) }()
 	var nsErr error
 	if !spec.prepared {
 		nsErr = veth.ConfigureNetns(ep.IPv4)

@@ -19,6 +19,7 @@ func (a *Agent) restore(st *state.State) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nextID = st.NextEndpointID
+	endpoint.DeleteSpares(a.spares.tag)
 	// Endpoints an earlier agent died creating: remove what it made.
 	for _, p := range st.Pending {
 		a.log.Warn("cleaning up an endpoint the previous agent did not finish", "endpoint", p.ID, "interface", p.Interface)

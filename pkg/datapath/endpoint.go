@@ -49,8 +49,44 @@ func (d *Datapath) epDir(id uint32) string {
 // endpoint with the same id from an earlier run are taken over (see
 // RestoreEndpoint).
 func (d *Datapath) AddEndpoint(ep Endpoint, policy mapstate.MapState) (err error) {
+	return d.AddAttachedEndpoint(ep, policy, nil)
+}
+
+// Attachment is the programs attached to an interface that is not yet an
+// endpoint: they drop everything until AddAttachedEndpoint registers it.
+// It lets the agent pay the attaches' RCU waits ahead of time.
+type Attachment struct {
+	ifindex int
+	links   [2]link.Link
+}
+
+// PreAttach attaches the programs to an interface ahead of its endpoint.
+func (d *Datapath) PreAttach(ifindex int) (*Attachment, error) {
+	st := &endpointState{ifindex: ifindex}
+	if err := d.attachLinks(st, ""); err != nil {
+		st.close()
+		return nil, err
+	}
+	return &Attachment{ifindex: ifindex, links: st.links}, nil
+}
+
+// Close detaches the programs of an unused attachment.
+func (a *Attachment) Close() {
+	for _, l := range a.links {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// AddAttachedEndpoint is AddEndpoint for an interface whose programs
+// PreAttach attached (att may be nil: attach now).
+func (d *Datapath) AddAttachedEndpoint(ep Endpoint, policy mapstate.MapState, att *Attachment) (err error) {
 	if err := d.checkCapacity(ep.ID, policy); err != nil {
 		return err
+	}
+	if att != nil && att.ifindex != ep.IfIndex {
+		return fmt.Errorf("endpoint %d: attachment of interface %d, endpoint on %d", ep.ID, att.ifindex, ep.IfIndex)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -58,6 +94,9 @@ func (d *Datapath) AddEndpoint(ep Endpoint, policy mapstate.MapState) (err error
 		return fmt.Errorf("endpoint %d: already attached", ep.ID)
 	}
 	st := &endpointState{ifindex: ep.IfIndex, current: d.takePinned(ep.ID)}
+	if att != nil {
+		st.links = att.links
+	}
 	defer func() {
 		if err != nil {
 			d.removeLocked(ep.ID, st)
@@ -105,9 +144,24 @@ func (d *Datapath) checkCapacity(id uint32, policy mapstate.MapState) error {
 	return nil
 }
 
-// attach attaches both programs, concurrently: each TCX attach waits for
-// an RCU grace period, and two waits overlap.
+// attach attaches both programs (or takes over the pinned links of an
+// earlier run), and pins the links under dir.
 func (d *Datapath) attach(st *endpointState, dir string) error {
+	if st.links[0] != nil && st.links[1] != nil {
+		// Pre-attached: pin them.
+		for i, name := range [2]string{"from_container", "to_container"} {
+			if err := st.links[i].Pin(filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("pin %s link: %w", name, err)
+			}
+		}
+		return nil
+	}
+	return d.attachLinks(st, dir)
+}
+
+// attachLinks attaches both programs, concurrently, pinning them under dir
+// unless dir is empty; pinned links of an earlier run are reused.
+func (d *Datapath) attachLinks(st *endpointState, dir string) error {
 	progs := [2]*ebpf.Program{d.fromProg, d.toProg}
 	attach := [2]ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress}
 	names := [2]string{"from_container", "to_container"}
@@ -118,7 +172,10 @@ func (d *Datapath) attach(st *endpointState, dir string) error {
 		go func(i int) {
 			defer wg.Done()
 			path := filepath.Join(dir, names[i])
-			if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if dir == "" {
+				path = ""
+			}
+			if l, err := link.LoadPinnedLink(path, nil); path != "" && err == nil {
 				// Pinned by an earlier run: point it at this run's program.
 				if err := l.Update(progs[i]); err != nil {
 					l.Close()
@@ -134,6 +191,9 @@ func (d *Datapath) attach(st *endpointState, dir string) error {
 				return
 			}
 			st.links[i] = l
+			if path == "" {
+				return
+			}
 			if err := l.Pin(path); err != nil {
 				errs[i] = fmt.Errorf("pin %s link: %w", names[i], err)
 			}

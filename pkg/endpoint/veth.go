@@ -49,6 +49,7 @@ type Veth struct {
 	netnsPath string
 	ns        netns.NsHandle
 	moved     bool
+	spare     string // the peer's name while a spare (see CreateSpare)
 }
 
 // CheckNetns opens a network namespace path and checks it is one, and not

@@ -29,19 +29,26 @@ func parseCilium(kind string, obj map[string]any) (*Policy, problems) {
 	var o cnpObject
 	d := decoder{p: &p}
 	d.decode("", obj, reflectValueOf(&o))
+	pol := translateCilium(&p, kind, &o)
+	return pol, p
+}
+
+// translateCilium translates a decoded CiliumNetworkPolicy or
+// CiliumClusterwideNetworkPolicy.
+func translateCilium(p *problems, kind string, o *cnpObject) *Policy {
 	pol := &Policy{Kind: kind, Name: o.Metadata.Name, Namespace: o.Metadata.Namespace}
-	checkName(&p, "metadata.name", pol.Name)
+	checkName(p, "metadata.name", pol.Name)
 	if kind == KindCNP {
 		if pol.Namespace == "" {
 			pol.Namespace = labels.DefaultNamespace
 		} else {
-			checkNamespace(&p, "metadata.namespace", pol.Namespace)
+			checkNamespace(p, "metadata.namespace", pol.Namespace)
 		}
 	} else if pol.Namespace != "" {
 		p.invalid("metadata.namespace", "a CiliumClusterwideNetworkPolicy has no namespace (got %q)", pol.Namespace)
 		pol.Namespace = ""
 	}
-	c := &ciliumCtx{p: &p, kind: kind, namespace: pol.Namespace}
+	c := &ciliumCtx{p: p, kind: kind, namespace: pol.Namespace}
 	if o.Spec == nil && len(o.Specs) == 0 {
 		p.invalid("spec", "a spec (or specs) is required")
 	}
@@ -51,37 +58,66 @@ func parseCilium(kind string, obj map[string]any) (*Policy, problems) {
 	for i, r := range o.Specs {
 		pol.specs = append(pol.specs, c.rule(indexPath("specs", i), r))
 	}
-	return pol, p
+	return pol
 }
 
 // parseRuleList reads early Cilium's JSON list of rules. Field names are
 // matched without regard to case (`HTTP` and `http`), as encoding/json did.
 func parseRuleList(list []any, defaultName string) (*Policy, problems) {
 	var p problems
-	pol := &Policy{Kind: KindRuleList, Name: defaultName}
-	c := &ciliumCtx{p: &p, kind: KindRuleList}
+	rl := newRuleList(&p, defaultName)
 	d := decoder{p: &p, foldCase: true}
-	names := map[string]bool{}
 	if len(list) == 0 {
 		p.invalid("", "the list of rules is empty")
 	}
 	for i, e := range list {
-		path := indexPath("", i)
 		var r ciliumRule
-		d.decode(path, e, reflectValueOf(&r))
-		pol.specs = append(pol.specs, c.rule(path, &r))
-		for _, s := range r.Labels {
-			if l, err := labels.ParseLabel(s, labels.SourceUnspec); err == nil && (l.Key == "name" || l.Key == "io.cilium.k8s.policy.name") && l.Value != "" {
-				names[l.Value] = true
-			}
+		d.decode(indexPath("", i), e, reflectValueOf(&r))
+		rl.add(i, &r)
+	}
+	return rl.finish(), p
+}
+
+// translateRuleList translates a decoded rule list.
+func translateRuleList(p *problems, rules []*ciliumRule, defaultName string) *Policy {
+	rl := newRuleList(p, defaultName)
+	if len(rules) == 0 {
+		p.invalid("", "the list of rules is empty")
+	}
+	for i, r := range rules {
+		rl.add(i, r)
+	}
+	return rl.finish()
+}
+
+// ruleList translates the rules of a rule list, which is named after its
+// rules' name label when they all give the same.
+type ruleList struct {
+	pol   *Policy
+	c     *ciliumCtx
+	names map[string]bool
+}
+
+func newRuleList(p *problems, defaultName string) *ruleList {
+	return &ruleList{pol: &Policy{Kind: KindRuleList, Name: defaultName}, c: &ciliumCtx{p: p, kind: KindRuleList}, names: map[string]bool{}}
+}
+
+func (rl *ruleList) add(i int, r *ciliumRule) {
+	rl.pol.specs = append(rl.pol.specs, rl.c.rule(indexPath("", i), r))
+	for _, s := range r.Labels {
+		if l, err := labels.ParseLabel(s, labels.SourceUnspec); err == nil && (l.Key == "name" || l.Key == "io.cilium.k8s.policy.name") && l.Value != "" {
+			rl.names[l.Value] = true
 		}
 	}
-	if len(names) == 1 {
-		for n := range names {
-			pol.Name = n
+}
+
+func (rl *ruleList) finish() *Policy {
+	if len(rl.names) == 1 {
+		for n := range rl.names {
+			rl.pol.Name = n
 		}
 	}
-	return pol, p
+	return rl.pol
 }
 
 func (c *ciliumCtx) rule(path string, r *ciliumRule) *specRule {

@@ -35,17 +35,23 @@ func parseKNP(obj map[string]any) (*Policy, problems) {
 	var np netv1.NetworkPolicy
 	d := decoder{p: &p}
 	d.decode("", obj, reflectValueOf(&np))
+	pol := translateKNP(&p, &np)
+	return pol, p
+}
+
+// translateKNP translates a decoded NetworkPolicy.
+func translateKNP(p *problems, np *netv1.NetworkPolicy) *Policy {
 	pol := &Policy{Kind: KindKNP, Name: np.Name, Namespace: np.Namespace}
-	checkName(&p, "metadata.name", pol.Name)
+	checkName(p, "metadata.name", pol.Name)
 	if pol.Namespace == "" {
 		pol.Namespace = labels.DefaultNamespace
 	} else {
-		checkNamespace(&p, "metadata.namespace", pol.Namespace)
+		checkNamespace(p, "metadata.namespace", pol.Namespace)
 	}
-	k := &knpCtx{p: &p, ns: pol.Namespace}
+	k := &knpCtx{p: p, ns: pol.Namespace}
 	spec := &np.Spec
 	s := &specRule{path: "spec"}
-	if sel, ok := convertSelector(&p, "spec.podSelector", &spec.PodSelector, anySourcePrefix); ok {
+	if sel, ok := convertSelector(p, "spec.podSelector", &spec.PodSelector, anySourcePrefix); ok {
 		s.subject = &labelSelector{sel: sel.With(nsIs(pol.Namespace)), userOnly: true}
 	} else {
 		s.subject = &labelSelector{none: true}
@@ -80,7 +86,7 @@ func parseKNP(obj map[string]any) (*Policy, problems) {
 		}
 	}
 	pol.specs = []*specRule{s}
-	return pol, p
+	return pol
 }
 
 type knpCtx struct {

@@ -27,10 +27,19 @@ const (
 // named after the file). A file with any problem is rejected as a whole: the
 // error is a *ParseError listing every problem found, each located by file,
 // document, object and field path.
-func Parse(file string, data []byte) ([]*Policy, error) {
-	docs, errs := splitDocuments(file, data)
+func Parse(file string, data []byte) ([]*Policy, error) { return parse(file, data, true) }
+
+// parse is Parse, with or without its fast path (fastparse.go).
+func parse(file string, data []byte, fast bool) ([]*Policy, error) {
+	docs, errs := splitDocuments(file, data, fast)
 	var out []*Policy
 	for _, d := range docs {
+		if fast {
+			if pol, ok := parseDocumentFast(file, d.n, d.json); ok {
+				out = append(out, pol)
+				continue
+			}
+		}
 		pols, fes := parseDocument(file, d.n, d.json)
 		out = append(out, pols...)
 		errs = append(errs, fes...)
@@ -48,6 +57,15 @@ func Parse(file string, data []byte) ([]*Policy, error) {
 // the agent stores Policy.Object, File and Document and parses them again on
 // restart.
 func ParseObject(file string, doc int, obj json.RawMessage) (*Policy, error) {
+	return parseObject(file, doc, obj, true)
+}
+
+func parseObject(file string, doc int, obj json.RawMessage, fast bool) (*Policy, error) {
+	if fast {
+		if pol, ok := parseDocumentFast(file, doc, obj); ok {
+			return pol, nil
+		}
+	}
 	tree, err := decodeTree(obj)
 	if err != nil {
 		return nil, &ParseError{File: file, Errors: []*FieldError{{File: file, Document: doc, Msg: "JSON: " + err.Error(), Err: ErrInvalid}}}
@@ -68,9 +86,14 @@ var yamlSeparator = regexp.MustCompile(`^(---|\.\.\.)(\s.*)?$`)
 
 // splitDocuments cuts a file into documents converted to JSON, numbered
 // from 1, skipping empty ones.
-func splitDocuments(file string, data []byte) ([]rawDoc, []*FieldError) {
+func splitDocuments(file string, data []byte, fast bool) ([]rawDoc, []*FieldError) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
+		if fast {
+			if docs, ok := splitJSONFast(data); ok {
+				return docs, nil
+			}
+		}
 		if docs, err := splitJSON(data); err == nil {
 			return docs, nil
 		} else if _, yerr := yaml.YAMLToJSONStrict(data); yerr != nil {
