@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"github.com/membrane-net/membrane/internal/testutil"
+	"github.com/membrane-net/membrane/pkg/agent"
 	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/endpoint"
 	"github.com/membrane-net/membrane/pkg/nsutil"
 )
 
@@ -80,7 +82,7 @@ func startAgent(t *testing.T, extra ...string) *Agent {
 	a.Client = api.NewClient(a.Socket)
 	a.start()
 	t.Cleanup(func() {
-		a.kill()
+		a.stop()
 		if t.Failed() {
 			if b, err := os.ReadFile(a.logPath); err == nil {
 				t.Logf("agent log:\n%s", lastLines(string(b), 60))
@@ -88,8 +90,27 @@ func startAgent(t *testing.T, extra ...string) *Agent {
 		}
 		_ = os.RemoveAll(a.BPFFS)
 		_ = exec.Command("ip", "link", "del", a.HostIf).Run()
+		endpoint.DeleteSpares(agent.SpareTag(a.StateDir))
 	})
 	return a
+}
+
+// stop ends the agent with SIGTERM (it deletes its spare interfaces), or
+// SIGKILL if it does not end in time.
+func (a *Agent) stop() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+	}
+	a.cmd = nil
 }
 
 func lastLines(s string, n int) string {

@@ -26,7 +26,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-net/membrane/internal/testutil"
+	"github.com/membrane-net/membrane/pkg/agent"
 	"github.com/membrane-net/membrane/pkg/api"
+	"github.com/membrane-net/membrane/pkg/endpoint"
 )
 
 var (
@@ -156,15 +158,34 @@ func startAgent(t *testing.T, args ...string) *Agent {
 	a.Client = api.NewClient(a.Socket)
 	a.start()
 	t.Cleanup(func() {
-		a.kill()
+		a.stop()
 		if t.Failed() {
 			b, _ := os.ReadFile(a.logPath)
 			t.Logf("agent log (last lines):\n%s", lastLines(string(b), 80))
 		}
 		_ = os.RemoveAll(a.BPFFS)
 		_ = exec.Command("ip", "link", "del", a.HostIf).Run()
+		endpoint.DeleteSpares(agent.SpareTag(a.StateDir))
 	})
 	return a
+}
+
+// stop ends the agent with SIGTERM (it deletes its spare interfaces), or
+// SIGKILL if it does not end in time.
+func (a *Agent) stop() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Signal(syscall.SIGKILL)
+		<-done
+	}
+	a.cmd = nil
 }
 
 // bind makes the helpers report to t (a subtest) until it ends; subtests
