@@ -204,7 +204,8 @@ func (a *Agent) start() {
 	}
 	defer logf.Close()
 	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
-		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.Proxy), "--log-level", "debug"}, a.Args...)
+		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.Proxy), "--log-level", "debug",
+		"--docker-plugin="}, a.Args...) // a later --docker-plugin in Args wins
 	cmd := exec.Command(membraneBin, args...)
 	cmd.Env = append(os.Environ(), a.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
