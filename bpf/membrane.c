@@ -43,6 +43,29 @@ struct {
 	__uint(max_entries, 65536);
 } endpoints SEC(".maps");
 
+/* The same entries for interfaces with a small ifindex (nearly all): an
+ * array lookup instead of a hash one on every packet. An entry with
+ * ep_id 0 is empty. */
+#define EP_ARRAY_SIZE 65536
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, EP_ARRAY_SIZE);
+} endpoints_by_index SEC(".maps");
+
+static __always_inline struct endpoint_info *lookup_endpoint(__u32 ifindex)
+{
+	struct endpoint_info *ep;
+
+	if (ifindex < EP_ARRAY_SIZE) {
+		ep = bpf_map_lookup_elem(&endpoints_by_index, &ifindex);
+		if (ep && ep->ep_id)
+			return ep;
+	}
+	return bpf_map_lookup_elem(&endpoints, &ifindex);
+}
+
 /* Every endpoint's policy, keyed by endpoint id first. One map, so that
  * adding an endpoint costs no map-in-map update (an RCU grace period);
  * the agent enforces each endpoint's share of the capacity. */
@@ -742,7 +765,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 audit;
 	int reason, from_proxy;
 
-	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	ep = lookup_endpoint(ifindex);
 	if (!ep) {
 		d.reason = REASON_UNKNOWN_ENDPOINT;
 		return drop(skb, 0, &f, dir, &d);

@@ -133,18 +133,19 @@ type bpfPolicyKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapConfig         = "config"
-	bpfMapCt             = "ct"
-	bpfMapEndpoints      = "endpoints"
-	bpfMapEvents         = "events"
-	bpfMapFrags          = "frags"
-	bpfMapIpcache        = "ipcache"
-	bpfMapMetrics        = "metrics"
-	bpfMapPolicy         = "policy"
-	bpfProgFromContainer = "from_container"
-	bpfProgFromHostDev   = "from_host_dev"
-	bpfProgToContainer   = "to_container"
-	bpfVarUnusedEvent    = "unused_event"
+	bpfMapConfig           = "config"
+	bpfMapCt               = "ct"
+	bpfMapEndpoints        = "endpoints"
+	bpfMapEndpointsByIndex = "endpoints_by_index"
+	bpfMapEvents           = "events"
+	bpfMapFrags            = "frags"
+	bpfMapIpcache          = "ipcache"
+	bpfMapMetrics          = "metrics"
+	bpfMapPolicy           = "policy"
+	bpfProgFromContainer   = "from_container"
+	bpfProgFromHostDev     = "from_host_dev"
+	bpfProgToContainer     = "to_container"
+	bpfVarUnusedEvent      = "unused_event"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -198,14 +199,15 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Ct        *ebpf.MapSpec `ebpf:"ct"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Config           *ebpf.MapSpec `ebpf:"config"`
+	Ct               *ebpf.MapSpec `ebpf:"ct"`
+	Endpoints        *ebpf.MapSpec `ebpf:"endpoints"`
+	EndpointsByIndex *ebpf.MapSpec `ebpf:"endpoints_by_index"`
+	Events           *ebpf.MapSpec `ebpf:"events"`
+	Frags            *ebpf.MapSpec `ebpf:"frags"`
+	Ipcache          *ebpf.MapSpec `ebpf:"ipcache"`
+	Metrics          *ebpf.MapSpec `ebpf:"metrics"`
+	Policy           *ebpf.MapSpec `ebpf:"policy"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -235,14 +237,15 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Ct        *ebpf.Map `ebpf:"ct"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	Metrics   *ebpf.Map `ebpf:"metrics"`
-	Policy    *ebpf.Map `ebpf:"policy"`
+	Config           *ebpf.Map `ebpf:"config"`
+	Ct               *ebpf.Map `ebpf:"ct"`
+	Endpoints        *ebpf.Map `ebpf:"endpoints"`
+	EndpointsByIndex *ebpf.Map `ebpf:"endpoints_by_index"`
+	Events           *ebpf.Map `ebpf:"events"`
+	Frags            *ebpf.Map `ebpf:"frags"`
+	Ipcache          *ebpf.Map `ebpf:"ipcache"`
+	Metrics          *ebpf.Map `ebpf:"metrics"`
+	Policy           *ebpf.Map `ebpf:"policy"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -250,6 +253,7 @@ func (m *bpfMaps) Close() error {
 		m.Config,
 		m.Ct,
 		m.Endpoints,
+		m.EndpointsByIndex,
 		m.Events,
 		m.Frags,
 		m.Ipcache,

@@ -38,7 +38,10 @@ type Config struct {
 const DefaultPolicyMapMaxEntries = 16384
 
 // Names of the shared maps, as in bpf/membrane.c and under maps/.
-var sharedMaps = []string{"ipcache", "endpoints", "policy", "ct", "frags", "config", "metrics", "events"}
+var sharedMaps = []string{"ipcache", "endpoints", "endpoints_by_index", "policy", "ct", "frags", "config", "metrics", "events"}
+
+// epArraySize bounds the ifindexes of endpoints_by_index (bpf/membrane.c).
+const epArraySize = 65536
 
 // ErrCapacity is returned when a policy does not fit an endpoint's map.
 var ErrCapacity = errors.New("policy map capacity exceeded")

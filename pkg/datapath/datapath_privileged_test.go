@@ -55,8 +55,7 @@ func newHarness(t *testing.T, policy mapstate.MapState) *harness {
 	if err := writePolicy(d.maps["policy"], h.ep.ID, st.current, policy); err != nil {
 		t.Fatal(err)
 	}
-	info := h.ep.info()
-	if err := d.maps["endpoints"].Update(uint32(1), &info, ebpf.UpdateAny); err != nil {
+	if err := d.putEndpoint(h.ep, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
 	d.eps[h.ep.ID] = st
@@ -310,7 +309,7 @@ func TestPrivilegedDatapathMalformed(t *testing.T) {
 		t.Fatalf("later fragment: %d", got)
 	}
 	// Unknown endpoint: remove the registration.
-	if err := h.d.maps["endpoints"].Delete(uint32(1)); err != nil {
+	if err := h.d.deleteEndpoint(1); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.runRaw(to, good); got != tcActShot {

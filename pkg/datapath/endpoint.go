@@ -118,8 +118,7 @@ func (d *Datapath) register(ep Endpoint, st *endpointState, policy mapstate.MapS
 	if err := writePolicy(d.maps["policy"], ep.ID, st.current, policy); err != nil {
 		return fmt.Errorf("endpoint %d: write policy: %w", ep.ID, err)
 	}
-	info := ep.info()
-	if err := d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateAny); err != nil {
+	if err := d.putEndpoint(ep, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("endpoint %d: register: %w", ep.ID, err)
 	}
 	if err := d.attach(st, dir); err != nil {
@@ -223,8 +222,7 @@ func (d *Datapath) UpdateEndpoint(ep Endpoint) error {
 	if st.ifindex != ep.IfIndex {
 		return fmt.Errorf("endpoint %d: interface changed from %d to %d", ep.ID, st.ifindex, ep.IfIndex)
 	}
-	info := ep.info()
-	if err := d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateExist); err != nil {
+	if err := d.putEndpoint(ep, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("endpoint %d: update: %w", ep.ID, err)
 	}
 	return nil
@@ -262,7 +260,7 @@ func (d *Datapath) removeLocked(id uint32, st *endpointState) error {
 		st.links[i] = nil
 	}
 	if st.ifindex > 0 {
-		if err := d.maps["endpoints"].Delete(uint32(st.ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.deleteEndpoint(st.ifindex); err != nil {
 			errs = append(errs, fmt.Errorf("unregister endpoint: %w", err))
 		}
 	}
@@ -308,4 +306,30 @@ func (d *Datapath) PinnedEndpoints() ([]uint32, error) {
 	}
 	d.mu.Unlock()
 	return ids, nil
+}
+
+// putEndpoint writes an endpoint's entry: the hash, and the array when the
+// ifindex fits it (array first on update, so both always agree).
+func (d *Datapath) putEndpoint(ep Endpoint, flags ebpf.MapUpdateFlags) error {
+	info := ep.info()
+	if ep.IfIndex < epArraySize {
+		if err := d.maps["endpoints_by_index"].Update(uint32(ep.IfIndex), &info, ebpf.UpdateAny); err != nil {
+			return err
+		}
+	}
+	return d.maps["endpoints"].Update(uint32(ep.IfIndex), &info, flags)
+}
+
+// deleteEndpoint removes an endpoint's entries.
+func (d *Datapath) deleteEndpoint(ifindex int) error {
+	if ifindex < epArraySize {
+		var empty bpfEndpointInfo
+		if err := d.maps["endpoints_by_index"].Update(uint32(ifindex), &empty, ebpf.UpdateAny); err != nil {
+			return err
+		}
+	}
+	if err := d.maps["endpoints"].Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
 }
