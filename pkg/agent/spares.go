@@ -33,7 +33,11 @@ type sparePool struct {
 	kick  chan struct{}
 }
 
-// spareTag names an agent's spares: 4 hex digits of its state directory.
+// SpareTag names the spare veth pairs of the agent with this state
+// directory (interfaces endpoint.PoolPrefix+tag...): a restarted agent
+// deletes those of its previous run, and so can a test after SIGKILL.
+func SpareTag(stateDir string) string { return spareTag(stateDir) }
+
 func spareTag(stateDir string) string {
 	h := sha256.Sum256([]byte(stateDir))
 	return hex.EncodeToString(h[:2])
