@@ -67,7 +67,7 @@ test-all: ## Every test, privileged ones included (root; with CI=true a missing 
 .PHONY: conformance
 conformance: build ## Run the NetworkPolicy/CiliumNetworkPolicy conformance cases with real packets
 	@if $(BIN)/membrane conformance --help >/dev/null 2>&1; then \
-		$(BIN)/membrane conformance run $${CONFORMANCE_DIR:-../shared/conformance/cases}; \
+		$(BIN)/membrane conformance run $${CONFORMANCE_DIR:-test/conformance/cases}; \
 	else echo "conformance runner not built yet"; fi
 
 .PHONY: bench-smoke

@@ -11,13 +11,13 @@ import (
 	"github.com/membrane-net/membrane/internal/testutil"
 )
 
-// sharedCases is the folder of the shared conformance cases: next to the
-// repository, or MEMBRANE_CONFORMANCE.
+// sharedCases is the folder of the conformance cases: MEMBRANE_CONFORMANCE,
+// or the copy in test/conformance/cases.
 func sharedCases(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("MEMBRANE_CONFORMANCE")
 	if dir == "" {
-		dir = filepath.Join("..", "..", "..", "shared", "conformance", "cases")
+		dir = filepath.Join("..", "..", "test", "conformance", "cases")
 	}
 	if _, err := os.Stat(dir); err != nil {
 		testutil.Unavailable(t, "the shared conformance cases (set MEMBRANE_CONFORMANCE): "+err.Error())
