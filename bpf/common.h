@@ -108,6 +108,7 @@ struct ct_entry {
 #define CT_F_AUDIT 2
 #define CT_F_SEEN_REPLY 4
 #define CT_F_PROXY_UPSTREAM 8 /* opened by the L7 proxy: steer replies to it */
+#define CT_F_REPLY 16         /* the reverse tuple of a connection: its replies */
 
 /* skb marks shared with the L7 proxy and the host's policy routing
  * (ip rule fwmark 0x200/0xf00 lookup 2004; table 2004: local 0/0 dev lo).

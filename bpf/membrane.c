@@ -472,10 +472,23 @@ static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, _
 	ct_fill_key(&k, f->saddr, f->daddr, f->sport, f->dport, f->protocol, dir);
 	e = bpf_map_lookup_elem(&ct, &k);
 	if (e && e->expires_ns > now) {
-		/* A new TCP connection on a known tuple is checked again. */
-		if (f->protocol != IPPROTO_TCP ||
-		    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN ||
-		    (e->flags & CT_F_CLOSING) == 0) {
+		__u8 syn = f->protocol == IPPROTO_TCP &&
+			   (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+
+		if (e->flags & CT_F_REPLY) {
+			/* The reply entry of a connection: one lookup finds it. A
+			 * new connection the other way round is checked. */
+			if (!syn) {
+				ct_touch(e, f, now, 1);
+				d->peer_identity = e->peer_identity;
+				d->cookie = e->cookie;
+				d->proxy_port = e->proxy_port;
+				d->ct_flags = e->flags;
+				d->match = MATCH_CT_REPLY;
+				return CT_REPLY;
+			}
+		} else if (!syn || (e->flags & CT_F_CLOSING) == 0) {
+			/* A new TCP connection on a known tuple is checked again. */
 			ct_touch(e, f, now, 0);
 			d->peer_identity = e->peer_identity;
 			d->cookie = e->cookie;
@@ -486,9 +499,11 @@ static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, _
 		}
 	}
 
+	/* Connections tracked without a reply entry (made by an older
+	 * datapath, or whose reply entry was evicted). */
 	ct_fill_key(&k, f->daddr, f->saddr, f->dport, f->sport, f->protocol, other);
 	e = bpf_map_lookup_elem(&ct, &k);
-	if (e && e->expires_ns > now) {
+	if (e && e->expires_ns > now && !(e->flags & CT_F_REPLY)) {
 		ct_touch(e, f, now, 1);
 		d->peer_identity = e->peer_identity;
 		d->cookie = e->cookie;
@@ -500,12 +515,15 @@ static __always_inline enum ct_state ct_lookup(const struct flow *f, __u8 dir, _
 	return CT_NEW;
 }
 
+/* Tracks a new connection: its entry, and the entry of its reverse tuple
+ * at the other hook, so that each packet, either way, needs one lookup. */
 static __always_inline void ct_create(const struct flow *f, __u8 dir, __u64 now,
 				      const struct endpoint_info *ep, const struct decision *d,
 				      __u8 flags)
 {
 	struct ct_key k;
 	struct ct_entry e = {};
+	__u8 other = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
 
 	ct_fill_key(&k, f->saddr, f->daddr, f->sport, f->dport, f->protocol, dir);
 	e.created_ns = now;
@@ -515,6 +533,11 @@ static __always_inline void ct_create(const struct flow *f, __u8 dir, __u64 now,
 	e.cookie = d->cookie;
 	e.proxy_port = d->proxy_port;
 	e.flags = flags;
+	bpf_map_update_elem(&ct, &k, &e, BPF_ANY);
+
+	ct_fill_key(&k, f->daddr, f->saddr, f->dport, f->sport, f->protocol, other);
+	e.flags = flags | CT_F_REPLY;
+	e.proxy_port = 0;
 	bpf_map_update_elem(&ct, &k, &e, BPF_ANY);
 }
 

@@ -81,8 +81,10 @@ type Agent struct {
 	pending map[uint32]state.Pending
 
 	hub *monitor.Hub
-	// names maps endpoint ids to names for events, read without mu.
-	names sync.Map
+	// names maps endpoint ids to names for events, read without mu;
+	// ifnames to their host interfaces.
+	names   sync.Map
+	ifnames sync.Map
 
 	srv     *api.Server
 	started time.Time
@@ -282,18 +284,20 @@ func (a *Agent) gcLoop(ctx context.Context) {
 
 // keepForwarding turns forwarding back on for endpoints' host interfaces:
 // writing net.ipv4.ip_forward (as some tools do) resets every interface's
-// forwarding, which would cut endpoints off from each other.
+// forwarding, which would cut endpoints off from each other. It reads the
+// interfaces without the agent's lock, so a long policy import does not
+// delay it.
 func (a *Agent) keepForwarding() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, s := range a.eps {
-		p := "/proc/sys/net/ipv4/conf/" + s.ep.Interface + "/forwarding"
+	a.ifnames.Range(func(k, v any) bool {
+		name := v.(string)
+		p := "/proc/sys/net/ipv4/conf/" + name + "/forwarding"
 		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "0" {
 			if err := os.WriteFile(p, []byte("1"), 0o644); err == nil {
-				a.log.Warn("forwarding was turned off on an endpoint's interface (net.ipv4.ip_forward written?); turned it back on", "endpoint", s.ep.ID, "interface", s.ep.Interface)
+				a.log.Warn("forwarding was turned off on an endpoint's interface (net.ipv4.ip_forward written?); turned it back on", "endpoint", k, "interface", name)
 			}
 		}
-	}
+		return true
+	})
 }
 
 // persist writes both state files; the caller holds mu.

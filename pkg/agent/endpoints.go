@@ -381,6 +381,7 @@ func (a *Agent) createEndpoint(ctx context.Context, spec endpointSpec) (_ *api.E
 	step("wired")
 	delete(a.pending, id)
 	a.names.Store(id, spec.name)
+	a.ifnames.Store(id, ep.Interface)
 	if err := a.persistEndpoints(); err != nil {
 		return nil, "", err
 	}
@@ -431,6 +432,7 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, id uint32) error {
 	a.pool.Release(s.ep.IPv4)
 	delete(a.eps, id)
 	a.names.Delete(id)
+	a.ifnames.Delete(id)
 	a.l7.del(id)
 	a.releaseIdentity(s.ep.Identity)
 	if err := a.persistEndpoints(); err != nil {

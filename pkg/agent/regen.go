@@ -80,12 +80,14 @@ func (a *Agent) apply(resolved map[uint32]*policy.Resolved) error {
 			continue
 		}
 		s := a.eps[id]
-		n, err := a.dp.SyncPolicy(id, res.MapState)
+		n, restrictive, err := a.dp.SyncPolicy(id, res.MapState)
 		if err != nil {
 			return fmt.Errorf("endpoint %d: %w", id, err)
 		}
-		if n > 0 {
+		if restrictive {
 			changed = append(changed, id)
+		}
+		if n > 0 {
 			a.log.Debug("policy map updated", "endpoint", id, "writes", n, "entries", len(res.MapState), "revision", rev)
 		}
 		s.resolved, s.revision = res, rev
@@ -122,11 +124,12 @@ func (a *Agent) flushChangedConnections(ids []uint32) {
 		if !ok || e.Audit || e.ProxyUpstream {
 			return false
 		}
-		egress := e.Dir == "egress"
-		peerAddr := e.Src.Addr()
-		port := e.Dst.Port()
+		src, dst, dir := e.Original()
+		egress := dir == "egress"
+		peerAddr := src.Addr()
+		port := dst.Port()
 		if egress {
-			peerAddr = e.Dst.Addr()
+			peerAddr = dst.Addr()
 		}
 		v := a.ipc.Lookup(peerAddr)
 		peer := mapstate.Peer{Identity: identity.NumericIdentity(v.Identity), CIDRIdentity: identity.NumericIdentity(v.CIDRIdentity), InCluster: v.InCluster}

@@ -58,6 +58,7 @@ func (a *Agent) restore(st *state.State) error {
 	for _, sep := range st.Endpoints {
 		a.eps[sep.ID] = &epState{ep: *sep}
 		a.names.Store(sep.ID, sep.Name)
+		a.ifnames.Store(sep.ID, sep.Interface)
 		if err := a.pool.Reserve(sep.IPv4, fmt.Sprintf("endpoint %d", sep.ID)); err != nil {
 			return fmt.Errorf("endpoint %d: %w", sep.ID, err)
 		}
@@ -155,6 +156,7 @@ func (a *Agent) forgetEndpoint(s *epState) {
 	}
 	delete(a.eps, s.ep.ID)
 	a.names.Delete(s.ep.ID)
+	a.ifnames.Delete(s.ep.ID)
 }
 
 // upsertAllIdentities tells the repository of every identity.

@@ -90,6 +90,9 @@ func bpfCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "PROTO\tSOURCE\tDESTINATION\tHOOK\tENDPOINT\tPEER-IDENTITY\tEXPIRES\tFLAGS")
 			for _, e := range es {
 				flags := ""
+				if e.Reply {
+					flags += "reply-entry "
+				}
 				if e.SeenReply {
 					flags += "replied "
 				}

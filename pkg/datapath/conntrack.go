@@ -23,9 +23,12 @@ type CTEntry struct {
 	Audit        bool           `json:"audit,omitempty"`
 	SeenReply    bool           `json:"seenReply,omitempty"`
 	// ProxyUpstream: a connection the L7 proxy opened.
-	ProxyUpstream bool          `json:"proxyUpstream,omitempty"`
-	ExpiresIn     time.Duration `json:"expiresIn"`
-	Age           time.Duration `json:"age"`
+	ProxyUpstream bool `json:"proxyUpstream,omitempty"`
+	// Reply: the entry of a connection's reverse tuple, which its replies
+	// find (Src and Dst are the reply's; Dir the hook they pass).
+	Reply     bool          `json:"reply,omitempty"`
+	ExpiresIn time.Duration `json:"expiresIn"`
+	Age       time.Duration `json:"age"`
 }
 
 func monotonicNow() uint64 {
@@ -42,9 +45,23 @@ func ctEntry(k *bpfCtKey, v *bpfCtEntry, now uint64) CTEntry {
 		Protocol: k.Protocol, Dir: DirName(k.Dir), EndpointID: v.EpId, PeerIdentity: v.PeerIdentity,
 		ProxyPort: v.ProxyPort, Closing: v.Flags&ctFlagClosing != 0, Audit: v.Flags&ctFlagAudit != 0,
 		SeenReply: v.Flags&ctFlagSeenReply != 0, ProxyUpstream: v.Flags&ctFlagProxyUpstream != 0,
+		Reply:     v.Flags&ctFlagReply != 0,
 		ExpiresIn: time.Duration(int64(v.ExpiresNs) - int64(now)),
 		Age:       time.Duration(int64(now) - int64(v.CreatedNs)),
 	}
+}
+
+// Original returns the connection as its first packet went: source,
+// destination and the hook ("ingress" or "egress") that allowed it.
+func (e CTEntry) Original() (src, dst netip.AddrPort, dir string) {
+	if !e.Reply {
+		return e.Src, e.Dst, e.Dir
+	}
+	dir = "egress"
+	if e.Dir == "egress" {
+		dir = "ingress"
+	}
+	return e.Dst, e.Src, dir
 }
 
 // ListCT reads the live entries of the kernel's conntrack map.

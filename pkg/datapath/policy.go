@@ -127,22 +127,30 @@ func readPolicies(m *ebpf.Map, want ...uint32) (map[uint32]mapstate.MapState, er
 // SyncPolicy brings an endpoint's policy map to policy, writing only the
 // entries that change (new and changed entries first, then deletions, so
 // flows the change does not touch keep their verdict throughout). It
-// returns the number of writes.
-func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (int, error) {
+// returns the number of writes, and whether the change may take away
+// something allowed (a deletion, a changed entry, a deny or an L7
+// redirect): adding allows only cannot affect connections already open.
+func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (writes int, restrictive bool, err error) {
 	if err := d.checkCapacity(id, policy); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st, ok := d.eps[id]
 	if !ok {
-		return 0, fmt.Errorf("endpoint %d: not attached", id)
+		return 0, false, fmt.Errorf("endpoint %d: not attached", id)
 	}
-	n := len(mapstate.Diff(st.current, policy))
+	changes := mapstate.Diff(st.current, policy)
+	for _, c := range changes {
+		if _, existed := st.current[c.Key]; c.Delete || existed || c.Entry.Deny || c.Entry.ProxyPort != 0 {
+			restrictive = true
+			break
+		}
+	}
 	if err := writePolicy(d.maps["policy"], id, st.current, policy); err != nil {
-		return 0, fmt.Errorf("endpoint %d: %w", id, err)
+		return 0, false, fmt.Errorf("endpoint %d: %w", id, err)
 	}
-	return n, nil
+	return len(changes), restrictive, nil
 }
 
 // ReadPolicy returns what the kernel's policy map holds for an endpoint,

@@ -35,6 +35,7 @@ const (
 	ctFlagAudit                = 2
 	ctFlagSeenReply            = 4
 	ctFlagProxyUpstream        = 8
+	ctFlagReply                = 16
 	familyIPv4                 = 4
 )
 

@@ -209,6 +209,27 @@ func (c *IPCache) valueFor(p netip.Prefix) datapath.IPCacheValue {
 // against the changed prefixes or against its own enclosing prefixes,
 // whichever is fewer, so a change of many CIDRs stays linear.
 func (c *IPCache) keysUnderAny(changed map[netip.Prefix]bool) []netip.Prefix {
+	// Mostly host prefixes change: under a host prefix the only key is
+	// that prefix.
+	hosts := true
+	for q := range changed {
+		if !q.IsSingleIP() {
+			hosts = false
+			break
+		}
+	}
+	if hosts {
+		out := make([]netip.Prefix, 0, len(changed))
+		for q := range changed {
+			_, s := c.sec[q]
+			_, p := c.cidr[q]
+			_, w := c.written[q]
+			if s || p || w {
+				out = append(out, q)
+			}
+		}
+		return out
+	}
 	var out []netip.Prefix
 	under := func(p netip.Prefix) bool {
 		if len(changed) <= p.Bits()+1 {
