@@ -31,12 +31,10 @@ func TestPrivilegedAgentKilledDuringEndpointAdd(t *testing.T) {
 				t.Fatalf("endpoint add survived the fault:\n%s", out)
 			}
 			// The agent died; some of the endpoint exists in the kernel.
-			deadline := time.Now().Add(5 * time.Second)
-			for a.cmd.ProcessState == nil && time.Now().Before(deadline) {
-				if _, err := a.Client.Status(t.Context()); err != nil {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
+			select {
+			case <-a.Exited():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the agent did not die at the fault point")
 			}
 			a.kill()
 			a.Env = nil

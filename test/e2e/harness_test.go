@@ -5,8 +5,6 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,14 +15,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/membrane-net/membrane/internal/testutil"
-	"github.com/membrane-net/membrane/pkg/agent"
+	"github.com/membrane-net/membrane/internal/agenttest"
 	"github.com/membrane-net/membrane/pkg/api"
-	"github.com/membrane-net/membrane/pkg/endpoint"
 	"github.com/membrane-net/membrane/pkg/nsutil"
 )
 
@@ -50,19 +45,8 @@ var testSeq atomic.Int32
 
 // Agent is a membrane agent process run by a test.
 type Agent struct {
-	t         *testing.T
-	Socket    string
-	StateDir  string
-	BPFFS     string
-	HostIf    string
-	Pool      string
-	ProxyPort int
-	Client    *api.Client
-	cmd       *exec.Cmd
-	logPath   string
-	extra     []string
-	// Env is added to the agent's environment at its next start.
-	Env []string
+	*agenttest.Proc
+	t *testing.T
 }
 
 // startAgent runs `membrane agent` with its own socket, state, bpffs
@@ -70,47 +54,9 @@ type Agent struct {
 // of the test.
 func startAgent(t *testing.T, extra ...string) *Agent {
 	t.Helper()
-	testutil.RequirePrivileged(t)
 	n := int(testSeq.Add(1)) + os.Getpid()%100*3
-	dir := t.TempDir()
-	a := &Agent{
-		t: t, Socket: filepath.Join(dir, "membrane.sock"), StateDir: filepath.Join(dir, "state"),
-		BPFFS: fmt.Sprintf("/sys/fs/bpf/membrane-e2e-%d-%d", os.Getpid(), n), HostIf: fmt.Sprintf("mbrt%d_host", n%1000),
-		Pool: fmt.Sprintf("10.%d.%d.0/24", 100+n/250%50, n%250), logPath: filepath.Join(dir, "agent.log"), extra: extra,
-		ProxyPort: 16000 + n%1000,
-	}
-	a.Client = api.NewClient(a.Socket)
-	a.start()
-	t.Cleanup(func() {
-		a.stop()
-		if t.Failed() {
-			if b, err := os.ReadFile(a.logPath); err == nil {
-				t.Logf("agent log:\n%s", lastLines(string(b), 60))
-			}
-		}
-		_ = os.RemoveAll(a.BPFFS)
-		_ = exec.Command("ip", "link", "del", a.HostIf).Run()
-		endpoint.DeleteSpares(agent.SpareTag(a.StateDir))
-	})
-	return a
-}
-
-// stop ends the agent with SIGTERM (it deletes its spare interfaces), or
-// SIGKILL if it does not end in time.
-func (a *Agent) stop() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = a.cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-	}
-	a.cmd = nil
+	p := agenttest.Start(t, agenttest.Options{Bin: membraneBin, Prefix: "e2e", N: n, Args: extra})
+	return &Agent{Proc: p, t: t}
 }
 
 func lastLines(s string, n int) string {
@@ -121,67 +67,13 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func (a *Agent) start() {
-	a.t.Helper()
-	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
-		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.ProxyPort), "--docker-plugin=", "--log-level", "debug"}, a.extra...)
-	cmd := exec.Command(membraneBin, args...)
-	cmd.Env = append(os.Environ(), a.Env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	logf.Close()
-	a.cmd = cmd
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := a.Client.Status(context.Background()); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(a.logPath)
-			a.t.Fatalf("agent did not come up:\n%s", b)
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
-}
-
-// kill stops the agent with SIGKILL, as a crash would.
-func (a *Agent) kill() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
-	_, _ = a.cmd.Process.Wait()
-	a.cmd = nil
-}
-
-// restart kills the agent and starts it again on the same state.
-func (a *Agent) restart() {
-	a.kill()
-	a.start()
-}
-
-// cli runs the membrane CLI against this agent.
-func (a *Agent) cli(args ...string) (string, error) {
-	cmd := exec.Command(membraneBin, append([]string{"--socket", a.Socket}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
-}
-
+func (a *Agent) start()                             { a.Proc.Start() }
+func (a *Agent) kill()                              { a.Proc.Kill() }
+func (a *Agent) restart()                           { a.Proc.Restart() }
+func (a *Agent) cli(args ...string) (string, error) { return a.Proc.CLI(args...) }
 func (a *Agent) mustCLI(args ...string) string {
 	a.t.Helper()
-	out, err := a.cli(args...)
-	if err != nil {
-		a.t.Fatalf("membrane %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
+	return a.Proc.MustCLI(args...)
 }
 
 // Endpoint is a namespace wired as an endpoint.
@@ -385,7 +277,4 @@ func dialTimeoutNS(ns, to string, d time.Duration) (net.Conn, error) {
 }
 
 // logTail returns the end of the agent's log.
-func (a *Agent) logTail() string {
-	b, _ := os.ReadFile(a.logPath)
-	return lastLines(string(b), 30)
-}
+func (a *Agent) logTail() string { return a.LogTail(30) }

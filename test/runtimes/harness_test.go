@@ -25,10 +25,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/membrane-net/membrane/internal/agenttest"
 	"github.com/membrane-net/membrane/internal/testutil"
-	"github.com/membrane-net/membrane/pkg/agent"
 	"github.com/membrane-net/membrane/pkg/api"
-	"github.com/membrane-net/membrane/pkg/endpoint"
 )
 
 var (
@@ -124,136 +123,32 @@ func requireCommand(t *testing.T, name string) string {
 
 // Agent is a `membrane agent` process of a test.
 type Agent struct {
-	t        *testing.T
-	Dir      string
-	Socket   string
-	StateDir string
-	BPFFS    string
-	HostIf   string
-	Pool     string
-	Proxy    int
-	Client   *api.Client
-	// Args are added to the command line at every start.
-	Args []string
-	// Env is added to the environment at the next start.
-	Env     []string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logPath string
+	*agenttest.Proc
+	t *testing.T
+	// Proxy is the L7 proxy's port.
+	Proxy int
 	// seen are the host interfaces of every endpoint listed.
 	seen map[string]bool
 }
 
 func startAgent(t *testing.T, args ...string) *Agent {
 	t.Helper()
-	testutil.RequirePrivileged(t)
-	n := uniq()
-	dir := t.TempDir()
-	a := &Agent{
-		t: t, Dir: dir, Socket: filepath.Join(dir, "agent.sock"), StateDir: filepath.Join(dir, "state"),
-		BPFFS:  fmt.Sprintf("/sys/fs/bpf/membrane-rt-%d", n),
-		HostIf: fmt.Sprintf("mbrr%d_host", n), Pool: fmt.Sprintf("10.%d.%d.0/24", 60+n/250%20, n%250),
-		Proxy: 17000 + n, logPath: filepath.Join(dir, "agent.log"), Args: args, seen: map[string]bool{},
-	}
-	a.Client = api.NewClient(a.Socket)
-	a.start()
-	t.Cleanup(func() {
-		a.stop()
-		if t.Failed() {
-			b, _ := os.ReadFile(a.logPath)
-			t.Logf("agent log (last lines):\n%s", lastLines(string(b), 80))
-		}
-		_ = os.RemoveAll(a.BPFFS)
-		_ = exec.Command("ip", "link", "del", a.HostIf).Run()
-		endpoint.DeleteSpares(agent.SpareTag(a.StateDir))
-	})
-	return a
-}
-
-// stop ends the agent with SIGTERM (it deletes its spare interfaces), or
-// SIGKILL if it does not end in time.
-func (a *Agent) stop() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = a.cmd.Process.Signal(syscall.SIGKILL)
-		<-done
-	}
-	a.cmd = nil
+	p := agenttest.Start(t, agenttest.Options{Bin: membraneBin, Prefix: "rt", N: uniq(), Args: args})
+	return &Agent{Proc: p, t: t, Proxy: p.ProxyPort, seen: map[string]bool{}}
 }
 
 // bind makes the helpers report to t (a subtest) until it ends; subtests
 // of these tests run one after the other.
 func (a *Agent) bind(t *testing.T) {
 	prev := a.t
-	a.t = t
-	t.Cleanup(func() { a.t = prev })
+	a.t, a.Proc.T = t, t
+	t.Cleanup(func() { a.t, a.Proc.T = prev, prev })
 }
 
-func (a *Agent) start() {
-	a.t.Helper()
-	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	defer logf.Close()
-	args := append([]string{"agent", "--socket", a.Socket, "--state-dir", a.StateDir, "--bpffs-dir", a.BPFFS,
-		"--ipv4-pool", a.Pool, "--host-ifname", a.HostIf, "--proxy-port", fmt.Sprint(a.Proxy), "--log-level", "debug",
-		"--docker-plugin="}, a.Args...) // a later --docker-plugin in Args wins
-	cmd := exec.Command(membraneBin, args...)
-	cmd.Env = append(os.Environ(), a.Env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	a.cmd = cmd
-	exited := make(chan struct{})
-	a.exited = exited
-	go func() { _ = cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := a.Client.Status(context.Background()); err == nil {
-			return
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(a.logPath)
-			a.t.Fatalf("agent exited at start:\n%s", lastLines(string(b), 40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(a.logPath)
-			a.t.Fatalf("agent did not come up:\n%s", lastLines(string(b), 40))
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
-}
-
-// kill stops the agent with SIGKILL, as a crash would.
-func (a *Agent) kill() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-a.exited:
-	case <-time.After(10 * time.Second):
-		a.t.Errorf("agent %d did not exit after SIGKILL", a.cmd.Process.Pid)
-	}
-	a.cmd = nil
-}
-
-func (a *Agent) restart() {
-	a.t.Helper()
-	a.kill()
-	a.start()
-}
+func (a *Agent) start()   { a.Proc.Start() }
+func (a *Agent) stop()    { a.Proc.Stop() }
+func (a *Agent) kill()    { a.Proc.Kill() }
+func (a *Agent) restart() { a.Proc.Restart() }
 
 func processAlive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -265,19 +160,11 @@ func processAlive(pid int) bool {
 	return len(f) > 2 && f[2] != "Z"
 }
 
-// cli runs the membrane CLI against the agent.
-func (a *Agent) cli(args ...string) (string, error) {
-	out, err := exec.Command(membraneBin, append([]string{"--socket", a.Socket}, args...)...).CombinedOutput()
-	return string(out), err
-}
+func (a *Agent) cli(args ...string) (string, error) { return a.Proc.CLI(args...) }
 
 func (a *Agent) mustCLI(args ...string) string {
 	a.t.Helper()
-	out, err := a.cli(args...)
-	if err != nil {
-		a.t.Fatalf("membrane %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
+	return a.Proc.MustCLI(args...)
 }
 
 // importPolicy writes a policy to a file and imports it with the CLI.
