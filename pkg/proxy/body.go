@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -41,6 +42,25 @@ type connReader struct {
 	idle    time.Duration
 	refresh bool
 	last    time.Time
+
+	// sendFirst, when set, is flushed by the next Read, which then waits
+	// for the connection to be readable before it reads: for a response,
+	// which cannot arrive before its request is sent, this saves the read
+	// that would find nothing. The flush runs once the wait is armed
+	// (RawConn.Read resets the readiness state before its first call of
+	// the function), so the response's arrival cannot be missed. Only for
+	// a request that is sent whole by that flush: bytes the server sends
+	// before it (which it does not for a request it has not received) may
+	// go unnoticed until more arrive.
+	sendFirst *bufio.Writer
+	raw       syscall.RawConn
+	rawFn     func(fd uintptr) bool // r.rawStep, bound once
+	// State of one sendThenRead, for rawStep.
+	rawW     *bufio.Writer
+	rawP     []byte
+	rawN     int
+	rawErr   error
+	rawCalls int
 }
 
 func (r *connReader) Read(p []byte) (int, error) {
@@ -52,7 +72,63 @@ func (r *connReader) Read(p []byte) (int, error) {
 	if r.refresh {
 		r.touch()
 	}
+	if w := r.sendFirst; w != nil && len(p) > 0 {
+		r.sendFirst = nil
+		return r.sendThenRead(w, p)
+	}
 	return r.conn.Read(p)
+}
+
+// sendThenRead flushes w, then waits until the connection is readable and
+// reads (see sendFirst).
+func (r *connReader) sendThenRead(w *bufio.Writer, p []byte) (int, error) {
+	if r.raw == nil {
+		raw, err := r.conn.SyscallConn()
+		if err != nil {
+			if err := w.Flush(); err != nil {
+				return 0, err
+			}
+			return r.conn.Read(p)
+		}
+		r.raw, r.rawFn = raw, r.rawStep
+	}
+	r.rawW, r.rawP, r.rawN, r.rawErr, r.rawCalls = w, p, 0, nil, 0
+	rerr := r.raw.Read(r.rawFn)
+	n, err, calls := r.rawN, r.rawErr, r.rawCalls
+	r.rawW, r.rawP, r.rawErr = nil, nil, nil
+	switch {
+	case rerr != nil:
+		// Deadline, or the connection closed (before the flush, if the
+		// deadline had passed already).
+		return 0, rerr
+	case calls == 1:
+		return 0, err // the flush failed
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.conn.LocalAddr(), Addr: r.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// rawStep is sendThenRead's function for RawConn.Read: its first call
+// flushes, the next ones read until a read does not find the socket empty.
+func (r *connReader) rawStep(fd uintptr) bool {
+	r.rawCalls++
+	if r.rawCalls == 1 {
+		r.rawErr = r.rawW.Flush()
+		return r.rawErr != nil
+	}
+	for {
+		r.rawN, r.rawErr = syscall.Read(int(fd), r.rawP)
+		if r.rawErr != syscall.EINTR {
+			break
+		}
+	}
+	if r.rawErr != nil {
+		r.rawN = 0
+	}
+	return r.rawErr != syscall.EAGAIN
 }
 
 func (r *connReader) touch() {
@@ -69,12 +145,14 @@ func (r *connReader) touch() {
 // connWriter is what a bufio.Writer writes to: it pushes the write deadline
 // forward, so a peer that stops reading is given up after the idle timeout.
 type connWriter struct {
-	conn *net.TCPConn
-	idle time.Duration
-	last time.Time
+	conn   *net.TCPConn
+	idle   time.Duration
+	last   time.Time
+	writes int // calls of Write
 }
 
 func (w *connWriter) Write(p []byte) (int, error) {
+	w.writes++
 	if w.idle > 0 {
 		now := time.Now()
 		if now.Sub(w.last) > w.idle/8 {
@@ -93,6 +171,7 @@ type pipe struct {
 	dstConn *net.TCPConn
 	idle    time.Duration // 0: no deadlines (tunnels)
 	strict  bool          // chunk lines must end in CRLF (requests)
+	spliced bool          // splice was called (it sets deadlines)
 	lr      io.LimitedReader
 }
 
@@ -102,6 +181,7 @@ func (p *pipe) splice(n int64) (int64, error) {
 	if err := p.dst.Flush(); err != nil {
 		return 0, err
 	}
+	p.spliced = true
 	if p.idle > 0 {
 		d := time.Now().Add(p.idle)
 		_ = p.srcConn.SetReadDeadline(d)
@@ -261,7 +341,6 @@ func parseChunkSize(line []byte, strict bool) (int64, error) {
 // again (same sizes, no extensions, trailer fields kept); without it only
 // the data is written (for HTTP/1.0 clients).
 func (p *pipe) copyChunked(rechunk bool, maxTrailer int) error {
-	var num [24]byte
 	for {
 		line, err := readLine(p.src, p.strict)
 		if err != nil {
@@ -275,7 +354,7 @@ func (p *pipe) copyChunked(rechunk bool, maxTrailer int) error {
 			break
 		}
 		if rechunk {
-			b := strconv.AppendInt(num[:0], size, 16)
+			b := strconv.AppendInt(p.dst.AvailableBuffer(), size, 16)
 			b = append(b, '\r', '\n')
 			if _, err := p.dst.Write(b); err != nil {
 				return err

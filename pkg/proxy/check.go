@@ -26,15 +26,19 @@ type decision struct {
 
 // checker holds per-connection scratch space reused for every request.
 type checker struct {
-	req     l7.Request
-	hdr     http.Header
-	names   []string
-	pols    []*l7.EndpointPolicy
-	rules   []string
-	actions []l7.HeaderAction
-	logged  []string
-	key     []byte
-	last    lastDecision
+	req   l7.Request
+	hdr   http.Header
+	names []string // canonical names of the headers the rules look at, once each
+	// namesFor: the policies names was collected from (valid when
+	// namesOK).
+	namesFor []*l7.EndpointPolicy
+	namesOK  bool
+	pols     []*l7.EndpointPolicy
+	rules    []string
+	actions  []l7.HeaderAction
+	logged   []string
+	key      []byte
+	last     lastDecision
 }
 
 // lastDecision caches the decision of the connection's previous request.
@@ -64,16 +68,25 @@ func (k *checker) check(checks []Check, h *reqHead, method, path, host string) d
 		}
 		k.pols = append(k.pols, pol)
 	}
-	if k.hdr == nil {
-		k.hdr = make(http.Header)
+	if !k.namesOK || !slices.Equal(k.namesFor, k.pols) {
+		k.collectNames(checks)
 	}
-	k.fillHeaders(checks, h)
+	// The values of the headers the rules look at: with method, path and
+	// host, all a decision depends on.
 	k.key = k.key[:0]
 	for _, n := range k.names {
 		k.key = append(k.key, n...)
-		for _, v := range k.hdr[http.CanonicalHeaderKey(n)] {
+		if h.absolute && n == "Host" {
+			// The target's authority is the request's host.
 			k.key = append(k.key, 0)
-			k.key = append(k.key, v...)
+			k.key = append(k.key, h.checkHost...)
+		} else {
+			for _, f := range h.fields {
+				if equalFoldBS(f.name, n) {
+					k.key = append(k.key, 0)
+					k.key = append(k.key, f.value...)
+				}
+			}
 		}
 		k.key = append(k.key, 0, 0)
 	}
@@ -83,6 +96,7 @@ func (k *checker) check(checks []Check, h *reqHead, method, path, host string) d
 	}
 	// The cached decision's slices alias k.actions and k.logged: it is
 	// replaced by every decision computed.
+	k.fillHeaders(h)
 	d := k.decide(checks, method, path, host)
 	k.last.valid = true
 	k.last.method, k.last.path, k.last.host = method, path, host
@@ -136,12 +150,16 @@ func denyReason(c Check, what string) string {
 	return fmt.Sprintf("%s L7 policy of endpoint %d on port %d %s", dir, c.EndpointID, c.Port.Port, what)
 }
 
-// fillHeaders puts into k.hdr the request's values of the headers that the
-// rules of the checked ports name, and only those: no allocation at all
-// for policies without header rules.
-func (k *checker) fillHeaders(checks []Check, h *reqHead) {
-	clear(k.hdr)
+// collectNames lists in k.names the headers that the rules of the
+// checked ports (of the policies in k.pols) name, canonical, once each.
+func (k *checker) collectNames(checks []Check) {
 	k.names = k.names[:0]
+	add := func(n string) {
+		n = http.CanonicalHeaderKey(n)
+		if !slices.Contains(k.names, n) {
+			k.names = append(k.names, n)
+		}
+	}
 	for i, c := range checks {
 		pol := k.pols[i]
 		if pol == nil {
@@ -151,37 +169,40 @@ func (k *checker) fillHeaders(checks []Check, h *reqHead) {
 			for _, r := range s.Rules {
 				for _, hs := range r.Spec.Headers {
 					name, _, _ := strings.Cut(hs, ":")
-					k.names = append(k.names, strings.TrimSpace(name))
+					add(strings.TrimSpace(name))
 				}
 				for _, hm := range r.Spec.HeaderMatches {
-					k.names = append(k.names, hm.Name)
+					add(hm.Name)
 				}
 			}
 		}
 	}
+	k.namesFor = append(k.namesFor[:0], k.pols...)
+	k.namesOK = true
+}
+
+// fillHeaders puts into k.hdr the request's values of the headers that the
+// rules of the checked ports name (k.names), and only those: no allocation
+// at all for policies without header rules.
+func (k *checker) fillHeaders(h *reqHead) {
+	if k.hdr == nil {
+		k.hdr = make(http.Header)
+	}
+	clear(k.hdr)
 	for _, n := range k.names {
-		key := http.CanonicalHeaderKey(n)
-		if _, done := k.hdr[key]; done {
-			continue
-		}
 		var vals []string
-		for _, f := range h.fields {
-			if equalFoldBS(f.name, n) {
-				vals = append(vals, string(f.value))
-			}
-		}
-		if h.absolute && key == "Host" {
+		if h.absolute && n == "Host" {
 			// The target's authority is the request's host.
 			vals = []string{string(h.checkHost)}
+		} else {
+			for _, f := range h.fields {
+				if equalFoldBS(f.name, n) {
+					vals = append(vals, string(f.value))
+				}
+			}
 		}
-		if vals == nil {
-			vals = []string{}
-		}
-		k.hdr[key] = vals
-	}
-	for key, vals := range k.hdr {
-		if len(vals) == 0 {
-			delete(k.hdr, key)
+		if len(vals) > 0 {
+			k.hdr[n] = vals
 		}
 	}
 }

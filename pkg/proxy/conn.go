@@ -18,16 +18,27 @@ import (
 	"github.com/membrane-net/membrane/pkg/policy/l7"
 )
 
-// One client connection is served by two goroutines and at most one
-// upstream connection (dialled on the first allowed request, to the
-// original destination, and closed with the client connection: the client
-// believes it talks to the server, so the two connections mirror each
-// other).
+// One client connection is served by at most one upstream connection
+// (dialled on the first allowed request, to the original destination, and
+// closed with the client connection: the client believes it talks to the
+// server, so the two connections mirror each other), and by one or two
+// goroutines, in one of two modes:
 //
-//   - the reader reads request heads from the client, checks them, queues
-//     an item per request (in order), and either writes the request and
-//     streams its body upstream, or skips the body and queues the proxy's
-//     own answer (403, 503, 400...).
+// Direct mode (c.fast), for a client that sends a request and waits for its
+// response, the common case: the connection's goroutine reads a request,
+// checks it, forwards it, reads the response and writes it to the client,
+// then waits for the next request. No hand-off between goroutines.
+// It takes only requests that it can serve that way: no upgrade or CONNECT,
+// no Expect: 100-continue, no body or one already read whole, and nothing
+// behind it (no pipelining). Any other request switches the connection to
+// pipeline mode before it is forwarded.
+//
+// Pipeline mode, two goroutines:
+//
+//   - the reader (the connection's goroutine) reads request heads from the
+//     client, checks them, queues an item per request (in order), and
+//     either writes the request and streams its body upstream, or skips
+//     the body and queues the proxy's own answer (403, 503, 400...).
 //   - the responder takes the items in order and writes, for each, the
 //     upstream's response (head rewritten, body streamed) or the proxy's
 //     answer. So pipelined requests get their responses in order, a denied
@@ -35,7 +46,12 @@ import (
 //
 // While nothing is pending the responder watches the upstream connection,
 // so that when the server closes an idle connection the client's is closed
-// too, as it would be without the proxy.
+// too, as it would be without the proxy. In direct mode nobody can watch it
+// while the goroutine waits for the client; so when the client has sent
+// nothing for directWatchAfter, the connection switches to pipeline mode,
+// whose responder watches the upstream until the next request. A request
+// that arrives when the pipeline has answered everything switches it back
+// to direct mode (the responder ends).
 
 const (
 	queueDepth    = 32              // pipelined requests in flight per connection
@@ -44,6 +60,15 @@ const (
 	maxRespHead   = 256 << 10
 	readerSize    = 8 << 10
 	writerSize    = 8 << 10
+
+	// directWatchAfter is how long a connection in direct mode waits for
+	// the client's next request before it hands the upstream connection to
+	// a responder that watches it (see above): the longest an upstream close
+	// on an idle connection takes to reach the client. The wait's deadline
+	// is not moved for every request (that costs more than the rest of the
+	// wait), only when less than a quarter of it is left: so the hand-over
+	// comes after between a quarter of it and all of it of silence.
+	directWatchAfter = 4 * time.Millisecond
 )
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -77,6 +102,11 @@ type item struct {
 
 var itemPool = sync.Pool{New: func() any { return new(item) }}
 
+// pauseItem, queued by the reader, ends the responder so that the
+// connection goes back to direct mode. It is no request: no event, no
+// release.
+var pauseItem = &item{}
+
 func newItem() *item {
 	it := itemPool.Get().(*item)
 	it.refs.Store(1)
@@ -96,6 +126,7 @@ const (
 	keepGoing outcome = iota
 	endClose          // close the connection
 	endTunnel         // the tunnel's upstream->client half is done
+	endPause          // back to direct mode (pauseItem)
 )
 
 type conn struct {
@@ -105,7 +136,8 @@ type conn struct {
 	origDst  netip.AddrPort // the accepted socket's local address
 	dst      netip.AddrPort // where upstream connects
 	info     *ConnInfo
-	queue    chan *item
+	fast     bool       // direct mode; the reader's (the connection goroutine's)
+	queue    chan *item // pipeline mode: made with the responder
 	respDone chan struct{}
 	stopping atomic.Bool
 	inflight atomic.Int32
@@ -161,13 +193,13 @@ var connPool = sync.Pool{New: func() any {
 func getConn(p *Proxy, nc *net.TCPConn) *conn {
 	c := connPool.Get().(*conn)
 	c.p, c.client = p, nc
-	c.queue = make(chan *item, queueDepth)
-	c.respDone = make(chan struct{})
+	c.fast = true
 	idle := p.cfg.IdleTimeout
 	c.cw = connWriter{conn: nc, idle: idle}
 	c.cbw.Reset(&c.cw)
 	c.ubw.Reset(io.Discard)
-	c.cr = connReader{conn: nc, flush: c.ubw, idle: idle}
+	// Direct mode: before waiting for the client, send it what is written.
+	c.cr = connReader{conn: nc, flush: c.cbw, idle: idle}
 	c.cbr.Reset(&c.cr)
 	c.rp = pipe{src: c.cbr, srcConn: nc, dst: c.ubw, idle: idle, strict: true}
 	c.qp = pipe{dst: c.cbw, dstConn: nc, idle: idle}
@@ -184,7 +216,7 @@ func putConn(c *conn) {
 		head: c.head[:0], rhead: c.rhead[:0],
 		req:  reqHead{fields: c.req.fields[:0], conn: connOptions{nominated: c.req.conn.nominated[:0]}},
 		resp: respHead{fields: c.resp.fields[:0], conn: connOptions{nominated: c.resp.conn.nominated[:0]}},
-		chk: checker{hdr: c.chk.hdr, names: c.chk.names[:0], pols: c.chk.pols[:0], rules: c.chk.rules[:0], actions: c.chk.actions[:0], logged: c.chk.logged[:0],
+		chk: checker{hdr: c.chk.hdr, names: c.chk.names[:0], namesFor: c.chk.namesFor[:0], pols: c.chk.pols[:0], rules: c.chk.rules[:0], actions: c.chk.actions[:0], logged: c.chk.logged[:0],
 			key: c.chk.key[:0], last: lastDecision{pols: c.chk.last.pols[:0], hdrKey: c.chk.last.hdrKey[:0]}},
 	}
 	clear(c.chk.hdr)
@@ -235,15 +267,28 @@ func (c *conn) serve() {
 	if !c.dst.IsValid() {
 		c.dst = c.origDst
 	}
-	go c.respond()
 	c.readLoop()
-	_ = c.ubw.Flush() // the last request may still be in the buffer
-	close(c.queue)
-	c.wake()
-	<-c.respDone
-	// Requests the responder did not get to still get their event.
-	for it := range c.queue {
-		c.drop(it)
+	if c.fast {
+		// What the responder does at the end (respond), without a
+		// responder to stop.
+		_ = c.cbw.Flush()
+		_ = c.client.CloseWrite()
+		c.upMu.Lock()
+		if c.up != nil {
+			_ = c.up.Close()
+		}
+		c.upMu.Unlock()
+	} else {
+		_ = c.ubw.Flush() // the last request may still be in the buffer
+		close(c.queue)
+		c.wake()
+		<-c.respDone
+		// Requests the responder did not get to still get their event.
+		for it := range c.queue {
+			if it != pauseItem {
+				c.drop(it)
+			}
+		}
 	}
 	if !c.tunneled && !c.clientEOF && !c.p.isClosed() {
 		// Lingering close: the client may still be sending, and closing
@@ -310,6 +355,10 @@ func (c *conn) readLoop() {
 // awaitRequest waits for the first byte of the next request: up to the
 // header timeout for the first request of the connection, up to the idle
 // timeout afterwards (but never while responses are still being sent).
+// In direct mode with an upstream connection it first waits
+// directWatchAfter, then switches to pipeline mode so that the upstream is
+// watched; in pipeline mode with nothing pending, a new request switches
+// back to direct mode.
 func (c *conn) awaitRequest(first bool) bool {
 	to := c.p.cfg.IdleTimeout
 	if first {
@@ -319,9 +368,28 @@ func (c *conn) awaitRequest(first bool) bool {
 		if c.cbr.Buffered() > 0 {
 			return true
 		}
+		if c.fast && c.up != nil {
+			w := c.p.directWatch
+			c.clientDeadlineSlack(time.Now(), w, w-w/4)
+			_, err := c.cbr.Peek(1)
+			if err == nil {
+				return true
+			}
+			if !isTimeout(err) {
+				if err == io.EOF {
+					c.clientEOF = true
+				}
+				return false
+			}
+			c.startPipeline()
+			continue
+		}
 		c.clientDeadline(time.Now(), to)
 		_, err := c.cbr.Peek(1)
 		if err == nil {
+			if !c.fast && c.inflight.Load() == 0 {
+				return c.pausePipeline()
+			}
 			return true
 		}
 		if c.stopping.Load() {
@@ -356,7 +424,41 @@ func (c *conn) localError(status int, reason string) {
 	c.queueLocal(it)
 }
 
+// startPipeline switches from direct mode to pipeline mode: the
+// responder takes over the client writer and the upstream reader.
+func (c *conn) startPipeline() {
+	c.fast = false
+	c.cr.flush = c.ubw
+	c.queue = make(chan *item, queueDepth)
+	c.respDone = make(chan struct{})
+	c.p.pipelineStarts.Add(1)
+	go c.respond()
+}
+
+// pausePipeline ends the responder, which has nothing pending, and goes
+// back to direct mode. false: the responder ended the connection instead.
+func (c *conn) pausePipeline() bool {
+	select {
+	case c.queue <- pauseItem:
+	case <-c.respDone:
+	}
+	c.wake()
+	<-c.respDone
+	if c.stopping.Load() {
+		return false
+	}
+	c.fast = true
+	c.cr.flush = c.cbw
+	c.p.pipelinePauses.Add(1)
+	return true
+}
+
 func (c *conn) queueLocal(it *item) bool {
+	if c.fast {
+		out := c.writeLocalItem(it)
+		it.release()
+		return out == keepGoing
+	}
 	c.inflight.Add(1)
 	if !c.enqueue(it) {
 		c.drop(it)
@@ -436,6 +538,12 @@ func (c *conn) handleRequest(start time.Time) bool {
 	c.p.forwarded.Add(1)
 	it.verdict = VerdictForwarded
 	it.upgrade, it.connect = h.isUpgrade(), h.isConnect()
+	if c.fast {
+		if c.direct(h, it) {
+			return c.forwardDirect(it, h, d.actions)
+		}
+		c.startPipeline()
+	}
 	if it.upgrade || it.connect {
 		it.upgradeCh = make(chan bool, 1)
 	}
@@ -482,6 +590,47 @@ func (c *conn) handleRequest(start time.Time) bool {
 	}
 	it.release()
 	return persist
+}
+
+// direct reports whether request h (parsed, allowed) can be served in
+// direct mode: nothing to do but to send it whole and relay one response.
+// Its body, if any, is already read whole, and no byte follows it: a
+// pipelining client is served in pipeline mode, where the next requests
+// are forwarded without waiting for this response.
+func (c *conn) direct(h *reqHead, it *item) bool {
+	if it.upgrade || it.connect || h.expectContinue || h.chunked {
+		return false
+	}
+	return int64(c.cbr.Buffered()) == max(h.contentLength, 0)
+}
+
+// forwardDirect forwards request h, whose body is buffered whole, and
+// relays its response, in direct mode. It returns whether the connection
+// goes on.
+func (c *conn) forwardDirect(it *item, h *reqHead, acts []l7.HeaderAction) bool {
+	writes := c.uw.writes
+	c.writeRequestHead(h, acts, false)
+	var err error
+	if h.contentLength > 0 {
+		err = c.rp.copyN(h.contentLength)
+	}
+	if err != nil {
+		// Only writing upstream can fail here.
+		c.bodyFailed(it, err)
+	} else {
+		c.markSent(it)
+	}
+	if err == nil && c.uw.writes == writes && c.ubr.Buffered() == 0 {
+		// The whole request is in the buffer: reading the response
+		// sends it first (see connReader.sendFirst).
+		c.ur.sendFirst = c.ubw
+	} else {
+		_ = c.ubw.Flush()
+	}
+	out := c.forwardResponse(it)
+	c.ur.sendFirst = nil
+	it.release()
+	return out == keepGoing
 }
 
 // answer queues the proxy's own answer to the request in c.req after
@@ -609,10 +758,9 @@ func (c *conn) writeRequestHead(h *reqHead, acts []l7.HeaderAction, upgrade bool
 		}
 		writeField(w, f.name, f.value)
 	}
-	var num [24]byte
 	if h.contentLength >= 0 {
 		_, _ = w.WriteString("Content-Length: ")
-		_, _ = w.Write(strconv.AppendInt(num[:0], h.contentLength, 10))
+		writeInt(w, h.contentLength, 10)
 		_, _ = w.WriteString("\r\n")
 	}
 	if h.chunked {
@@ -621,7 +769,7 @@ func (c *conn) writeRequestHead(h *reqHead, acts []l7.HeaderAction, upgrade bool
 	switch {
 	case upgrade:
 		_, _ = w.WriteString("Connection: Upgrade\r\n")
-		writeField(w, []byte("Upgrade"), h.upgrade)
+		writeField(w, upgradeName, h.upgrade)
 	case h.minor == 1 && h.conn.close:
 		_, _ = w.WriteString("Connection: close\r\n")
 	case h.minor == 0 && h.persistent():
@@ -639,6 +787,13 @@ func (c *conn) writeRequestHead(h *reqHead, acts []l7.HeaderAction, upgrade bool
 		}
 	}
 	_, _ = w.WriteString("\r\n")
+}
+
+var upgradeName = []byte("Upgrade")
+
+// writeInt writes n in the given base without allocating.
+func writeInt(w *bufio.Writer, n int64, base int) {
+	_, _ = w.Write(strconv.AppendInt(w.AvailableBuffer(), n, base))
 }
 
 func writeField(w *bufio.Writer, name, value []byte) {
@@ -673,7 +828,12 @@ func (c *conn) tunnelToUpstream() {
 func (c *conn) respond() {
 	defer close(c.respDone)
 	out := c.respondLoop()
-	if out == endTunnel {
+	switch out {
+	case endTunnel:
+		return
+	case endPause:
+		// The reader takes the client writer back.
+		_ = c.cbw.Flush()
 		return
 	}
 	_ = c.cbw.Flush()
@@ -694,6 +854,9 @@ func (c *conn) respondLoop() outcome {
 		it, ok := c.next()
 		if !ok {
 			return endClose
+		}
+		if it == pauseItem {
+			return endPause
 		}
 		var out outcome
 		if it.local {
@@ -807,13 +970,12 @@ func (c *conn) writeLocalItem(it *item) outcome {
 
 // writeLocal writes one of the proxy's own responses.
 func writeLocal(w *bufio.Writer, status int, body string, closeAfter, head bool, minor int) {
-	var num [24]byte
 	_, _ = w.WriteString("HTTP/1.1 ")
-	_, _ = w.Write(strconv.AppendInt(num[:0], int64(status), 10))
+	writeInt(w, int64(status), 10)
 	_ = w.WriteByte(' ')
 	_, _ = w.WriteString(http.StatusText(status))
 	_, _ = w.WriteString("\r\nContent-Type: text/plain\r\nContent-Length: ")
-	_, _ = w.Write(strconv.AppendInt(num[:0], int64(len(body)), 10))
+	writeInt(w, int64(len(body)), 10)
 	_, _ = w.WriteString("\r\n")
 	if closeAfter {
 		_, _ = w.WriteString("Connection: close\r\n")
@@ -881,8 +1043,6 @@ func (c *conn) forwardResponse(it *item) outcome {
 	c.upMu.Lock()
 	c.headFor = nil
 	sent, failed := it.sent, it.failed
-	// The response timeout stays until the body's idle timeout replaces it.
-	c.urdKnown = false
 	c.upMu.Unlock()
 	c.responses++
 
@@ -925,7 +1085,10 @@ func (c *conn) forwardResponse(it *item) outcome {
 		return c.tunnelToClient()
 	}
 	var err error
+	// The response timeout stays until the body's idle timeout replaces
+	// it, if the body is not buffered already.
 	c.ur.refresh, c.ur.last = true, time.Time{}
+	c.qp.spliced = false
 	switch fr {
 	case fLength:
 		err = c.qp.copyN(r.contentLength)
@@ -935,6 +1098,12 @@ func (c *conn) forwardResponse(it *item) outcome {
 		err = c.qp.copyEOF()
 	}
 	c.ur.refresh = false
+	if !c.ur.last.IsZero() || c.qp.spliced {
+		// The deadline was moved behind upDeadline's back.
+		c.upMu.Lock()
+		c.urdKnown = false
+		c.upMu.Unlock()
+	}
 	if err != nil {
 		c.p.errs.Add(1)
 		c.p.log.Debug("response body", "client", c.src, "dst", c.dst, "url", it.url, "error", err)
@@ -964,9 +1133,11 @@ func (c *conn) upstreamFailed(it *item, err error, partial bool) outcome {
 		return endClose
 	case isTimeout(err):
 		return c.gatewayError(it, "upstream response timeout")
-	case !partial && c.responses > 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+	case !partial && c.responses > 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)):
 		// The server closed a reused connection as the request arrived:
 		// the client sees the same close it would have seen directly.
+		// (EPIPE: the server's reset came back before the request was
+		// written, or it reset a connection it had already closed.)
 		c.emit(it, 0, VerdictError, "upstream closed the connection")
 		return endClose
 	case partial:
@@ -1010,17 +1181,16 @@ func (c *conn) writeResponseHead(r *respHead, it *item, fr framing, persist bool
 		if r.status == 101 {
 			_, _ = w.WriteString("Connection: Upgrade\r\n")
 			if r.upgrade != nil {
-				writeField(w, []byte("Upgrade"), r.upgrade)
+				writeField(w, upgradeName, r.upgrade)
 			}
 		}
 		_, _ = w.WriteString("\r\n")
 		return
 	}
-	var num [24]byte
 	switch fr {
 	case fLength:
 		_, _ = w.WriteString("Content-Length: ")
-		_, _ = w.Write(strconv.AppendInt(num[:0], r.contentLength, 10))
+		writeInt(w, r.contentLength, 10)
 		_, _ = w.WriteString("\r\n")
 	case fChunked:
 		_, _ = w.WriteString("Transfer-Encoding: chunked\r\n")
@@ -1029,7 +1199,7 @@ func (c *conn) writeResponseHead(r *respHead, it *item, fr framing, persist bool
 		if r.status != 204 {
 			if r.contentLength >= 0 {
 				_, _ = w.WriteString("Content-Length: ")
-				_, _ = w.Write(strconv.AppendInt(num[:0], r.contentLength, 10))
+				writeInt(w, r.contentLength, 10)
 				_, _ = w.WriteString("\r\n")
 			} else if r.chunked && it.minor == 1 {
 				_, _ = w.WriteString("Transfer-Encoding: chunked\r\n")
@@ -1068,8 +1238,14 @@ func (c *conn) tunnelToClient() outcome {
 // clientDeadline sets the client read deadline to now+d, unless the
 // current one is already between now+d-d/8 and now+d. Reader only.
 func (c *conn) clientDeadline(now time.Time, d time.Duration) {
+	c.clientDeadlineSlack(now, d, d/8)
+}
+
+// clientDeadlineSlack sets the client read deadline to now+d, unless the
+// current one is already between now+d-slack and now+d. Reader only.
+func (c *conn) clientDeadlineSlack(now time.Time, d, slack time.Duration) {
 	want := now.Add(d)
-	if c.crdKnown && !c.crd.After(want) && !c.crd.Before(want.Add(-d/8)) {
+	if c.crdKnown && !c.crd.After(want) && !c.crd.Before(want.Add(-slack)) {
 		return
 	}
 	_ = c.client.SetReadDeadline(want)

@@ -127,6 +127,13 @@ func testLogger(t testing.TB) *slog.Logger {
 // startProxy starts a non-transparent proxy on loopback.
 func startProxy(t testing.TB, cfg Config, res Resolver) (*Proxy, *eventLog) {
 	t.Helper()
+	return startProxyWith(t, cfg, res, nil)
+}
+
+// startProxyWith is startProxy with a function that adjusts the proxy
+// before it serves.
+func startProxyWith(t testing.TB, cfg Config, res Resolver, adjust func(*Proxy)) (*Proxy, *eventLog) {
+	t.Helper()
 	if cfg.ListenAddr == "" {
 		cfg.ListenAddr = "127.0.0.1:0"
 	}
@@ -134,6 +141,9 @@ func startProxy(t testing.TB, cfg Config, res Resolver) (*Proxy, *eventLog) {
 	p, err := New(cfg, res, ev.add, testLogger(t))
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)
+	}
+	if adjust != nil {
+		adjust(p)
 	}
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(context.Background()) }()

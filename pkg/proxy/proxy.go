@@ -207,6 +207,8 @@ type Proxy struct {
 	// inNetns, when set (by tests), runs the creation of upstream sockets,
 	// so that they belong to another network namespace than the thread's.
 	inNetns func(func() error) error
+	// directWatch is directWatchAfter; tests set it before Serve.
+	directWatch time.Duration
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -216,6 +218,9 @@ type Proxy struct {
 
 	accepted, resolveErrors, requests, forwarded, denied, errs, upErrs atomic.Uint64
 	active                                                             atomic.Int64
+	// Switches between the connections' modes (see conn.go): to pipeline
+	// mode, and back to direct mode. For tests and profiling.
+	pipelineStarts, pipelinePauses atomic.Uint64
 }
 
 // New validates cfg and binds the listener. events (may be nil) receives
@@ -247,6 +252,7 @@ func New(cfg Config, res Resolver, events func(Event), log *slog.Logger) (*Proxy
 	}
 	p.listenPort = uint16(p.ln.Addr().(*net.TCPAddr).Port)
 	p.dialer = net.Dialer{Timeout: cfg.UpstreamDialTimeout}
+	p.directWatch = directWatchAfter
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p, nil
 }
