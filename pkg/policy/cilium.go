@@ -22,6 +22,12 @@ type ciliumCtx struct {
 	p         *problems
 	kind      string
 	namespace string // CiliumNetworkPolicy only
+	// Where the rules' parts are allocated: a policy of 10,000 rules has
+	// 10,000 of each, which live as long as the policy.
+	itemPool pool[item]
+	peerPool pool[peer]
+	cidrPool pool[cidrSelector]
+	portPool pool[portSpec]
 }
 
 func parseCilium(kind string, obj map[string]any) (*Policy, problems) {
@@ -145,17 +151,18 @@ func (c *ciliumCtx) rule(path string, r *ciliumRule) *specRule {
 			s.defaultDeny[dirEgress] = *dd.Egress
 		}
 	}
+	s.items = make([]*item, 0, len(r.Ingress)+len(r.IngressDeny)+len(r.Egress)+len(r.EgressDeny))
 	for i, in := range r.Ingress {
-		s.items = append(s.items, c.ingress(indexPath(joinPath(path, "ingress"), i), in, false))
+		s.items = append(s.items, c.ingress(elemPath(path, "ingress", i), in, false))
 	}
 	for i, in := range r.IngressDeny {
-		s.items = append(s.items, c.ingress(indexPath(joinPath(path, "ingressDeny"), i), in, true))
+		s.items = append(s.items, c.ingress(elemPath(path, "ingressDeny", i), in, true))
 	}
 	for i, eg := range r.Egress {
-		s.items = append(s.items, c.egress(indexPath(joinPath(path, "egress"), i), eg, false))
+		s.items = append(s.items, c.egress(elemPath(path, "egress", i), eg, false))
 	}
 	for i, eg := range r.EgressDeny {
-		s.items = append(s.items, c.egress(indexPath(joinPath(path, "egressDeny"), i), eg, true))
+		s.items = append(s.items, c.egress(elemPath(path, "egressDeny", i), eg, true))
 	}
 	return s
 }
@@ -237,40 +244,42 @@ func (c *ciliumCtx) checkL3(path string, members []l3) {
 }
 
 func (c *ciliumCtx) ingress(path string, r *ingressRule, deny bool) *item {
-	it := &item{path: path, deny: deny}
+	it := c.itemPool.one()
+	*it = item{path: path, deny: deny}
 	if r == nil {
 		c.p.invalid(path, "want a rule, got null")
 		return it
 	}
-	c.unsupportedFields(path, map[string]bool{
-		"fromGroups": r.FromGroups.present, "fromNodes": r.FromNodes.present,
-		"authentication": r.Authentication.present,
-	})
+	c.unsupportedFields(path,
+		field{"fromGroups", r.FromGroups.present}, field{"fromNodes", r.FromNodes.present}, field{"authentication", r.Authentication.present})
 	c.checkL3(path, []l3{{"fromEndpoints", len(r.FromEndpoints)}, {"fromCIDR", len(r.FromCIDR)},
 		{"fromCIDRSet", len(r.FromCIDRSet)}, {"fromEntities", len(r.FromEntities)}})
 	explicit := r.FromEndpoints != nil || r.FromCIDR != nil || r.FromCIDRSet != nil || r.FromEntities != nil
 	it.peers = c.peers(path, "from", r.FromEndpoints, r.FromCIDR, r.FromCIDRSet, r.FromEntities, explicit)
-	it.requires = c.requires(joinPath(path, "fromRequires"), r.FromRequires)
+	if len(r.FromRequires) > 0 {
+		it.requires = c.requires(joinPath(path, "fromRequires"), r.FromRequires)
+	}
 	it.ports = c.l4(path, r.ToPorts, r.ICMPs, deny)
 	finishItem(it)
 	return it
 }
 
 func (c *ciliumCtx) egress(path string, r *egressRule, deny bool) *item {
-	it := &item{path: path, egress: true, deny: deny}
+	it := c.itemPool.one()
+	*it = item{path: path, egress: true, deny: deny}
 	if r == nil {
 		c.p.invalid(path, "want a rule, got null")
 		return it
 	}
-	c.unsupportedFields(path, map[string]bool{
-		"toServices": r.ToServices.present, "toFQDNs": r.ToFQDNs.present, "toGroups": r.ToGroups.present,
-		"toNodes": r.ToNodes.present, "authentication": r.Authentication.present,
-	})
+	c.unsupportedFields(path,
+		field{"toServices", r.ToServices.present}, field{"toFQDNs", r.ToFQDNs.present}, field{"toGroups", r.ToGroups.present}, field{"toNodes", r.ToNodes.present}, field{"authentication", r.Authentication.present})
 	c.checkL3(path, []l3{{"toEndpoints", len(r.ToEndpoints)}, {"toCIDR", len(r.ToCIDR)},
 		{"toCIDRSet", len(r.ToCIDRSet)}, {"toEntities", len(r.ToEntities)}})
 	explicit := r.ToEndpoints != nil || r.ToCIDR != nil || r.ToCIDRSet != nil || r.ToEntities != nil
 	it.peers = c.peers(path, "to", r.ToEndpoints, r.ToCIDR, r.ToCIDRSet, r.ToEntities, explicit)
-	it.requires = c.requires(joinPath(path, "toRequires"), r.ToRequires)
+	if len(r.ToRequires) > 0 {
+		it.requires = c.requires(joinPath(path, "toRequires"), r.ToRequires)
+	}
 	it.ports = c.l4(path, r.ToPorts, r.ICMPs, deny)
 	finishItem(it)
 	return it
@@ -294,16 +303,41 @@ var featureNames = map[string]string{
 	"originatingTLS": "originatingTLS", "serverNames": "serverNames (TLS SNI)", "listener": "listener (Envoy listeners)",
 }
 
-func (c *ciliumCtx) unsupportedFields(path string, fields map[string]bool) {
-	for _, f := range sortedBoolKeys(fields) {
-		if fields[f] {
-			what := featureNames[f]
-			if what == "" {
-				what = f
-			}
-			c.p.unsupported(joinPath(path, f), what)
+// field is a field Membrane does not implement and whether it is given.
+type field struct {
+	name    string
+	present bool
+}
+
+// unsupportedFields reports the fields given, by name.
+func (c *ciliumCtx) unsupportedFields(path string, fields ...field) {
+	if !anyPresent(fields...) {
+		return
+	}
+	given := map[string]bool{}
+	for _, f := range fields {
+		if f.present {
+			given[f.name] = true
 		}
 	}
+	for _, f := range sortedBoolKeys(given) {
+		what := featureNames[f]
+		if what == "" {
+			what = f
+		}
+		c.p.unsupported(joinPath(path, f), what)
+	}
+}
+
+// anyPresent reports whether any field is given (unsupportedFields then
+// has something to say).
+func anyPresent(fields ...field) bool {
+	for _, f := range fields {
+		if f.present {
+			return true
+		}
+	}
+	return false
 }
 
 // peers converts the L3 part of a rule. An explicit empty list selects no
@@ -313,22 +347,24 @@ func (c *ciliumCtx) peers(path, dir string, eps []*metav1.LabelSelector, cidrs [
 	if !explicit {
 		return nil
 	}
-	out := []peer{}
+	out := c.peerPool.take(len(eps) + len(cidrs) + len(sets) + len(ents))[:0]
+	cidrSels := c.cidrPool.take(len(cidrs))
 	for i, ls := range eps {
-		if s := c.peerSelector(indexPath(joinPath(path, dir+"Endpoints"), i), ls, false); s != nil {
+		if s := c.peerSelector(elemPath(path, dir+"Endpoints", i), ls, false); s != nil {
 			out = append(out, peer{kind: peerSelector, sel: s})
 		}
 	}
 	for i, s := range cidrs {
 		pf, err := parseCIDR(s, true)
 		if err != nil {
-			c.p.invalid(indexPath(joinPath(path, dir+"CIDR"), i), "%v", err)
+			c.p.invalid(elemPath(path, dir+"CIDR", i), "%v", err)
 			continue
 		}
-		out = append(out, peer{kind: peerCIDR, cidr: &cidrSelector{prefix: pf}})
+		cidrSels[i].prefix = pf
+		out = append(out, peer{kind: peerCIDR, cidr: &cidrSels[i]})
 	}
 	for i, cr := range sets {
-		sp := indexPath(joinPath(path, dir+"CIDRSet"), i)
+		sp := elemPath(path, dir+"CIDRSet", i)
 		if cr == nil {
 			c.p.invalid(sp, "want a CIDR rule, got null")
 			continue
@@ -353,7 +389,7 @@ func (c *ciliumCtx) peers(path, dir string, eps []*metav1.LabelSelector, cidrs [
 		}
 		sel := &cidrSelector{prefix: pf}
 		for j, e := range cr.Except {
-			ep := indexPath(joinPath(sp, "except"), j)
+			ep := elemPath(sp, "except", j)
 			ex, err := parseCIDR(e, false)
 			if err != nil {
 				c.p.invalid(ep, "%v", err)
@@ -370,7 +406,7 @@ func (c *ciliumCtx) peers(path, dir string, eps []*metav1.LabelSelector, cidrs [
 		out = append(out, peer{kind: peerCIDR, cidr: sel})
 	}
 	for i, e := range ents {
-		ep := indexPath(joinPath(path, dir+"Entities"), i)
+		ep := elemPath(path, dir+"Entities", i)
 		switch {
 		case unsupportedEntities[e]:
 			c.p.unsupported(ep, fmt.Sprintf("entity %q", e))
@@ -401,50 +437,63 @@ func (c *ciliumCtx) l4(path string, prs []*portRule, icmps []*icmpRule, deny boo
 	if len(prs) == 0 && len(icmps) == 0 {
 		return nil
 	}
-	out := []portSpec{}
+	n := 0
+	for _, pr := range prs {
+		if pr != nil {
+			n += len(pr.Ports)
+		}
+	}
+	out := c.portPool.take(n)[:0]
 	for i, pr := range prs {
-		out = append(out, c.portRule(indexPath(joinPath(path, "toPorts"), i), pr, deny)...)
+		out = c.portRule(pathAt{path, "toPorts", i}, pr, deny, out)
 	}
 	for i, ir := range icmps {
-		out = append(out, c.icmpRule(indexPath(joinPath(path, "icmps"), i), ir)...)
+		out = append(out, c.icmpRule(elemPath(path, "icmps", i), ir)...)
 	}
 	return out
 }
 
-func (c *ciliumCtx) portRule(path string, pr *portRule, deny bool) []portSpec {
+// pathAt is the field path parent.field[i], built when a problem needs it.
+type pathAt struct {
+	parent, field string
+	i             int
+}
+
+func (p pathAt) String() string { return elemPath(p.parent, p.field, p.i) }
+
+// portRule appends the ports of a port rule to out.
+func (c *ciliumCtx) portRule(at pathAt, pr *portRule, deny bool, out []portSpec) []portSpec {
 	if pr == nil {
-		c.p.invalid(path, "want a port rule, got null")
-		return nil
+		c.p.invalid(at.String(), "want a port rule, got null")
+		return out
 	}
-	c.unsupportedFields(path, map[string]bool{
-		"terminatingTLS": pr.TerminatingTLS.present, "originatingTLS": pr.OriginatingTLS.present,
-		"serverNames": pr.ServerNames.present, "listener": pr.Listener.present,
-	})
+	if unsup := []field{{"terminatingTLS", pr.TerminatingTLS.present}, {"originatingTLS", pr.OriginatingTLS.present},
+		{"serverNames", pr.ServerNames.present}, {"listener", pr.Listener.present}}; anyPresent(unsup...) {
+		c.unsupportedFields(at.String(), unsup...)
+	}
 	var http []*l7.HTTPRule
 	hasL7 := false
 	if r := pr.Rules; r != nil {
-		rp := joinPath(path, "rules")
-		c.unsupportedFields(rp, map[string]bool{
-			"kafka": r.Kafka.present, "dns": r.DNS.present, "l7proto": r.L7Proto.present, "l7": r.L7.present,
-		})
+		rp := joinPath(at.String(), "rules")
+		c.unsupportedFields(rp,
+			field{"kafka", r.Kafka.present}, field{"dns", r.DNS.present}, field{"l7proto", r.L7Proto.present}, field{"l7", r.L7.present})
 		if deny && len(r.HTTP) > 0 {
 			c.p.invalid(joinPath(rp, "http"), "deny rules cannot have L7 rules")
 		}
 		hasL7 = len(r.HTTP) > 0 && !deny
 		for i, h := range r.HTTP {
-			if hr := c.httpRule(indexPath(joinPath(rp, "http"), i), h); hr != nil {
+			if hr := c.httpRule(elemPath(rp, "http", i), h); hr != nil {
 				http = append(http, hr)
 			}
 		}
 	}
-	var out []portSpec
 	for i, pp := range pr.Ports {
-		ps, ok := c.portProtocol(indexPath(joinPath(path, "ports"), i), pp)
+		ps, ok := c.portProtocol(at, i, pp)
 		if !ok {
 			continue
 		}
 		if hasL7 {
-			ip := indexPath(joinPath(path, "ports"), i)
+			ip := elemPath(at.String(), "ports", i)
 			switch {
 			case ps.proto != mapstate.ProtoTCP:
 				c.p.invalid(joinPath(ip, "protocol"), "L7 rules apply to TCP only: give protocol TCP (not %s)", mapstate.ProtoName(ps.proto))
@@ -462,9 +511,10 @@ func (c *ciliumCtx) portRule(path string, pr *portRule, deny bool) []portSpec {
 
 // portProtocol converts one port. Port "0" is every port (as in Cilium);
 // a port that is not a number is a port name (IANA service name syntax).
-func (c *ciliumCtx) portProtocol(path string, pp *portProtocol) (portSpec, bool) {
+func (c *ciliumCtx) portProtocol(prAt pathAt, i int, pp *portProtocol) (portSpec, bool) {
+	path := func() string { return elemPath(prAt.String(), "ports", i) }
 	if pp == nil {
-		c.p.invalid(path, "want a port, got null")
+		c.p.invalid(path(), "want a port, got null")
 		return portSpec{}, false
 	}
 	var ps portSpec
@@ -479,33 +529,33 @@ func (c *ciliumCtx) portProtocol(path string, pp *portProtocol) (portSpec, bool)
 	case "SCTP":
 		ps.proto = mapstate.ProtoSCTP
 	default:
-		c.p.invalid(joinPath(path, "protocol"), "%q is not a protocol (want TCP, UDP, SCTP or ANY)", pp.Protocol)
+		c.p.invalid(joinPath(path(), "protocol"), "%q is not a protocol (want TCP, UDP, SCTP or ANY)", pp.Protocol)
 		good = false
 	}
 	pv := pp.Port
 	switch n, isNum := pv.number(); {
 	case !pv.set || pv.text == "":
-		c.p.invalid(joinPath(path, "port"), "a port is required")
+		c.p.invalid(joinPath(path(), "port"), "a port is required")
 		good = false
 	case isNum && n <= 65535:
 		ps.port = uint16(n)
 	case !pv.isNumber && isPortName(pv.text):
 		ps.name = strings.ToLower(pv.text)
 	default:
-		c.p.invalid(joinPath(path, "port"), "%q is not a port", pv.text)
+		c.p.invalid(joinPath(path(), "port"), "%q is not a port", pv.text)
 		good = false
 	}
 	if pp.EndPort != 0 && good {
-		ep := joinPath(path, "endPort")
+		ep := func() string { return joinPath(path(), "endPort") }
 		switch {
 		case ps.name != "":
-			c.p.invalid(ep, "endPort needs a numeric port, not the port name %q", ps.name)
+			c.p.invalid(ep(), "endPort needs a numeric port, not the port name %q", ps.name)
 			good = false
 		case ps.port == 0:
-			c.p.invalid(ep, "endPort needs a port other than 0")
+			c.p.invalid(ep(), "endPort needs a port other than 0")
 			good = false
 		case pp.EndPort < int32(ps.port) || pp.EndPort > 65535:
-			c.p.invalid(ep, "%d is not a port from port %d to 65535", pp.EndPort, ps.port)
+			c.p.invalid(ep(), "%d is not a port from port %d to 65535", pp.EndPort, ps.port)
 			good = false
 		default:
 			ps.endPort = uint16(pp.EndPort)
@@ -521,7 +571,7 @@ func (c *ciliumCtx) icmpRule(path string, ir *icmpRule) []portSpec {
 	}
 	var out []portSpec
 	for i, f := range ir.Fields {
-		fp := indexPath(joinPath(path, "fields"), i)
+		fp := elemPath(path, "fields", i)
 		if f == nil {
 			c.p.invalid(fp, "want an ICMP field, got null")
 			continue
@@ -567,11 +617,11 @@ func (c *ciliumCtx) httpRule(path string, h *httpRule) *l7.HTTPRule {
 	spec := l7.HTTPRuleSpec{Method: h.Method, Path: h.Path, Host: h.Host, Headers: h.Headers}
 	for i, hm := range h.HeaderMatches {
 		if hm == nil {
-			c.p.invalid(indexPath(joinPath(path, "headerMatches"), i), "want a header match, got null")
+			c.p.invalid(elemPath(path, "headerMatches", i), "want a header match, got null")
 			return nil
 		}
 		if hm.Secret.present {
-			c.p.unsupported(joinPath(indexPath(joinPath(path, "headerMatches"), i), "secret"), "secret")
+			c.p.unsupported(joinPath(elemPath(path, "headerMatches", i), "secret"), "secret")
 			return nil
 		}
 		spec.HeaderMatches = append(spec.HeaderMatches, l7.HeaderMatch{Mismatch: hm.Mismatch, Name: hm.Name, Value: hm.Value})

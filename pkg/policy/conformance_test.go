@@ -29,7 +29,7 @@ import (
 // Trace must agree with the maps on every pod-to-pod probe. SCTP probes are
 // skipped by default (the test machine's kernel has no SCTP, and the
 // packet-level run reports them apart); MEMBRANE_CONFORMANCE_SCTP=1 checks
-// them too. The cases live in shared/conformance next to the repository;
+// them too. The cases live in test/conformance/cases in the repository;
 // MEMBRANE_CONFORMANCE overrides the folder.
 
 type confCase struct {
@@ -117,7 +117,7 @@ func conformanceDir(t *testing.T) string {
 	if d := os.Getenv("MEMBRANE_CONFORMANCE"); d != "" {
 		return d
 	}
-	for _, d := range []string{"../../../shared/conformance/cases", "../../../../shared/conformance/cases"} {
+	for _, d := range []string{"../../test/conformance/cases"} {
 		if _, err := os.Stat(d); err == nil {
 			return d
 		}

@@ -51,6 +51,10 @@ type builder struct {
 	ep      *Endpoint
 	egress  bool
 	entries map[mapstate.Key]*entryAcc
+	accs    []entryAcc // where entries' accumulators are allocated
+	// hasL7: some rule of this direction has L7 rules (else no entry
+	// needs the proxy, and plainKeys is not kept).
+	hasL7 bool
 	// denied: identities with a deny entry (others need no deny probe).
 	denied map[identity.NumericIdentity]bool
 	l7s    map[l7.PortKey]map[*instItem]*l7Contrib
@@ -61,11 +65,39 @@ type builder struct {
 	// ports of every peer), computed on first use.
 	anyNamed []NamedPort
 	anyDone  bool
+	// deps notes what the resolution reads (nil: nobody asks).
+	deps *resolveDeps
+	// proxyPort is the L7 proxy port the entries got (0: none).
+	proxyPort uint16
 }
 
-func newBuilder(r *Repository, ep *Endpoint, egress bool) *builder {
-	return &builder{r: r, ep: ep, egress: egress, entries: map[mapstate.Key]*entryAcc{}, denied: map[identity.NumericIdentity]bool{},
+// newBuilder makes the builder of one direction of an endpoint selected
+// by specs, sized for the entries they will add.
+func newBuilder(r *Repository, ep *Endpoint, egress bool, specs []*instSpec) *builder {
+	b := &builder{r: r, ep: ep, egress: egress, denied: map[identity.NumericIdentity]bool{},
 		l7s: map[l7.PortKey]map[*instItem]*l7Contrib{}, plainKeys: map[*instItem][]mapstate.Key{}}
+	size := 1
+	for _, s := range specs {
+		for _, ii := range s.items {
+			if ii.it.egress != egress {
+				continue
+			}
+			n := 1
+			for i := range ii.peers {
+				if cs := ii.peers[i].cs; cs != nil {
+					n += len(cs.selected)
+				}
+			}
+			for _, ps := range ii.it.ports {
+				if ps.l7 {
+					b.hasL7 = true
+				}
+			}
+			size += n * max(1, len(ii.it.ports))
+		}
+	}
+	b.entries = make(map[mapstate.Key]*entryAcc, size)
+	return b
 }
 
 // namedPortsOf returns the named ports a rule's named port resolves
@@ -80,6 +112,9 @@ func (b *builder) namedPortsOf(rec *identRecord, union bool) []NamedPort {
 		if !b.anyDone {
 			b.anyDone = true
 			b.anyNamed = b.r.allNamedPorts()
+			if b.deps != nil {
+				b.deps.allNamed = true
+			}
 		}
 		return b.anyNamed
 	}
@@ -90,24 +125,12 @@ func (b *builder) namedPortsOf(rec *identRecord, union bool) []NamedPort {
 }
 
 // allNamedPorts is the union of every identity's named ports.
-func (r *Repository) allNamedPorts() []NamedPort {
-	set := map[NamedPort]bool{}
-	for _, rec := range r.cache.ids {
-		for _, np := range rec.namedPorts {
-			set[np] = true
-		}
-	}
-	out := make([]NamedPort, 0, len(set))
-	for np := range set {
-		out = append(out, np)
-	}
-	return out
-}
+func (r *Repository) allNamedPorts() []NamedPort { return r.cache.namedPorts() }
 
 func (b *builder) add(k mapstate.Key, ii *instItem, l7 bool) {
 	a := b.entries[k]
 	if a == nil {
-		a = &entryAcc{}
+		a = b.newAcc()
 		b.entries[k] = a
 	}
 	switch {
@@ -121,8 +144,19 @@ func (b *builder) add(k mapstate.Key, ii *instItem, l7 bool) {
 	default:
 		a.plain = true
 		minCookie(&a.plainCookie, ii.cookie)
-		b.plainKeys[ii] = append(b.plainKeys[ii], k)
+		if b.hasL7 {
+			b.plainKeys[ii] = append(b.plainKeys[ii], k)
+		}
 	}
+}
+
+func (b *builder) newAcc() *entryAcc {
+	if len(b.accs) == 0 {
+		b.accs = make([]entryAcc, min(max(len(b.entries), 16), 4096))
+	}
+	a := &b.accs[0]
+	b.accs = b.accs[1:]
+	return a
 }
 
 func (b *builder) addItem(ii *instItem, reqs []*labelSelector) {
@@ -155,7 +189,7 @@ func (b *builder) addItem(ii *instItem, reqs []*labelSelector) {
 			peerReqs = reqs
 		}
 		union = ii.peers[i].p.kind == peerCIDR
-		b.r.peerIDs(&ii.peers[i], peerReqs, emit)
+		b.r.peerIDs(&ii.peers[i], peerReqs, b.deps, emit)
 	}
 }
 
@@ -168,7 +202,7 @@ func (b *builder) addL7(ii *instItem, id identity.NumericIdentity, proto uint8, 
 	}
 	c := m[ii]
 	if c == nil {
-		c = &l7Contrib{origin: ii.origin.String(), key: pk, ids: map[identity.NumericIdentity]bool{}, rules: rules}
+		c = &l7Contrib{origin: ii.origin().String(), key: pk, ids: map[identity.NumericIdentity]bool{}, rules: rules}
 		m[ii] = c
 	}
 	if id == 0 {
@@ -271,7 +305,7 @@ func (b *builder) finish(enforced bool, res *Resolved) error {
 	for _, ad := range adds {
 		a := b.entries[ad.k]
 		if a == nil {
-			a = &entryAcc{}
+			a = b.newAcc()
 			b.entries[ad.k] = a
 		}
 		if !a.plain {
@@ -310,6 +344,7 @@ func (b *builder) finish(enforced bool, res *Resolved) error {
 					}
 				}
 				e = mapstate.Entry{ProxyPort: proxyPort, Cookie: a.l7Cookie}
+				b.proxyPort = proxyPort
 			}
 		}
 		res.MapState[k] = e
@@ -329,7 +364,7 @@ func (b *builder) l7Policy(res *Resolved) {
 			sels = append(sels, &l7.Selection{AnyPeer: c.any, Identities: c.ids, Rules: c.rules, Origin: c.origin})
 		}
 		for _, ii := range sortedItems(b.plainKeys) {
-			s := &l7.Selection{Identities: map[identity.NumericIdentity]bool{}, Origin: ii.origin.String()}
+			s := &l7.Selection{Identities: map[identity.NumericIdentity]bool{}, Origin: ii.origin().String()}
 			for _, k := range b.plainKeys[ii] {
 				if !k.CoversPort(pk.Protocol, pk.Port) {
 					continue

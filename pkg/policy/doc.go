@@ -49,4 +49,19 @@
 // Egress named ports resolve against the peer identity's named ports, or
 // every endpoint's for identity 0 and CIDR peers. Cilium's fromRequires and
 // toRequires constrain the endpoint selectors of Cilium rules only.
+//
+// # Speed
+//
+// A policy update must reach the datapath in milliseconds, so each step
+// costs what the change touches, not what the repository holds:
+//   - Parse reads valid JSON straight into the typed rules (fastparse.go,
+//     and yamlfast.go for the common YAML), and leaves any document it does
+//     not expect to the located decoder (decode.go), which alone writes the
+//     error messages;
+//   - the selector cache indexes selectors and identities (selectorcache.go),
+//     so UpsertIdentity and RemoveIdentity match an identity against the few
+//     selectors that may select it;
+//   - Resolve memoizes (memo.go): it returns the same *Resolved while
+//     nothing the endpoint's policy depends on changed, and the agent writes
+//     only the maps whose result changed.
 package policy

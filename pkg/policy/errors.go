@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -110,4 +111,17 @@ func joinPath(path, field string) string {
 }
 
 // indexPath appends an index to a path.
-func indexPath(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
+func indexPath(path string, i int) string {
+	var buf [20]byte
+	return path + "[" + string(strconv.AppendInt(buf[:0], int64(i), 10)) + "]"
+}
+
+// elemPath is indexPath(joinPath(path, field), i), in one allocation.
+func elemPath(path, field string, i int) string {
+	var buf [20]byte
+	n := strconv.AppendInt(buf[:0], int64(i), 10)
+	if path == "" {
+		return field + "[" + string(n) + "]"
+	}
+	return path + "." + field + "[" + string(n) + "]"
+}

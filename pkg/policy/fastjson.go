@@ -14,6 +14,7 @@ type jsonReader struct {
 	data []byte
 	pos  int
 	ok   bool
+	a    *fastAlloc // set by the fast path's readers
 }
 
 func newJSONReader(data []byte) *jsonReader { return &jsonReader{data: data, ok: true} }
@@ -299,16 +300,14 @@ func (r *jsonReader) array(elem func() bool) bool {
 
 // strings reads a list of strings; a null list is nil, an empty one is not.
 func (r *jsonReader) strings() ([]string, bool) {
-	if r.null() {
-		return nil, true
+	if r.a == nil {
+		r.a = &fastAlloc{}
 	}
-	out := []string{}
-	ok := r.array(func() bool {
+	return list(r, &r.a.strs, func() bool {
 		s, ok := r.str()
-		out = append(out, s)
+		r.a.strs.scratch = append(r.a.strs.scratch, s)
 		return ok
 	})
-	return out, ok
 }
 
 // stringMap reads an object of strings.

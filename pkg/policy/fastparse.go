@@ -25,8 +25,19 @@ import (
 // that Parse or ParseObject found; ok false leaves it to parseDocument.
 func parseDocumentFast(file string, n int, raw []byte) (*Policy, bool) {
 	r := newJSONReader(raw)
+	pol, ok := r.document(file, n)
+	if r.ws(); !ok || r.pos != len(raw) {
+		return nil, false
+	}
+	return pol, true
+}
+
+// document reads the policy object or rule list at the reader's position.
+func (r *jsonReader) document(file string, n int) (*Policy, bool) {
 	var pol *Policy
 	var p problems
+	r.ws()
+	start := r.pos
 	switch r.peek() {
 	case '{':
 		pol = r.policyObject(&p)
@@ -38,36 +49,42 @@ func parseDocumentFast(file string, n int, raw []byte) (*Policy, bool) {
 	if pol == nil || !r.ok || !p.empty() {
 		return nil, false
 	}
-	if r.ws(); r.pos != len(raw) {
-		return nil, false
-	}
-	pol.File, pol.Document, pol.Object = file, n, append(json.RawMessage(nil), raw...)
+	pol.File, pol.Document, pol.Object = file, n, append(json.RawMessage(nil), r.data[start:r.pos]...)
 	pol.computePrefixes()
 	return pol, true
 }
 
-// splitJSONFast cuts a file of JSON objects and lists (whitespace between
-// them) into documents as splitJSON does; ok false when it holds anything
-// else, which splitJSON then reports.
-func splitJSONFast(data []byte) ([]rawDoc, bool) {
+// parseJSONFast parses a file of JSON documents (objects and rule lists,
+// whitespace between them) in one pass, leaving the documents it cannot
+// read to parseDocument as parse does, and returns the policies and the
+// problems parse would find; ok false leaves the whole file to parse (a
+// file that holds anything else, that splitJSON rejects, or that has no
+// policy).
+func parseJSONFast(file string, data []byte) (pols []*Policy, errs []*FieldError, ok bool) {
 	r := newJSONReader(data)
-	var docs []rawDoc
-	for {
+	for n := 1; ; n++ {
 		switch r.peek() {
 		case 0:
-			if r.pos != len(data) {
-				return nil, false // a NUL byte
+			if r.pos != len(data) || (len(pols) == 0 && len(errs) == 0) {
+				return nil, nil, false // a NUL byte; no policy
 			}
-			return docs, true
+			return pols, errs, true
 		case '{', '[':
 		default:
-			return nil, false
+			return nil, nil, false
 		}
 		start := r.pos
-		if !r.skip() {
-			return nil, false
+		if pol, ok := r.document(file, n); ok {
+			pols = append(pols, pol)
+			continue
 		}
-		docs = append(docs, rawDoc{n: len(docs) + 1, json: data[start:r.pos]})
+		r.pos, r.ok = start, true
+		if !r.skip() {
+			return nil, nil, false
+		}
+		ps, fes := parseDocument(file, n, r.data[start:r.pos])
+		pols = append(pols, ps...)
+		errs = append(errs, fes...)
 	}
 }
 
@@ -149,8 +166,30 @@ var topFields = []string{"apiVersion", "kind", "metadata", "spec", "specs", "sta
 // or NetworkPolicy. The kind decides how to read the rest, so the other
 // fields are read once it is known.
 func (r *jsonReader) policyObject(p *problems) *Policy {
+	r.a = &fastAlloc{}
 	var api, kind string
-	var vals [6][2]int // value of each top field: start, end
+	var meta metav1.ObjectMeta
+	var o cnpObject
+	var np netv1.NetworkPolicy
+	// read reads the value of top field i once the kind is known.
+	read := func(fr *jsonReader, i int) bool {
+		cilium := kind != KindKNP
+		var ok bool
+		switch {
+		case i == 2:
+			ok = fr.objectMeta(&meta)
+		case i == 3 && cilium:
+			o.Spec, ok = fr.ciliumRulePtr(false)
+		case i == 3:
+			ok = fr.knpSpec(&np.Spec)
+		case i == 4 && cilium:
+			o.Specs, ok = fr.ciliumRules(false)
+		case i == 5 && cilium:
+			ok = fr.skip() // status: written by the API server, ignored
+		}
+		return ok // specs and status are not fields of a NetworkPolicy
+	}
+	var later [6][2]int // fields before the kind: their values' start, end
 	ok := r.fields(false, topFields, func(i int) bool {
 		switch i {
 		case 0:
@@ -160,56 +199,33 @@ func (r *jsonReader) policyObject(p *problems) *Policy {
 		case 1:
 			s, ok := r.str()
 			kind = s
-			return ok
+			return ok && kindAPIVersion[kind] != ""
+		}
+		if kind != "" {
+			return read(r, i)
 		}
 		r.ws()
 		start := r.pos
 		if !r.skip() {
 			return false
 		}
-		vals[i] = [2]int{start, r.pos}
+		later[i] = [2]int{start, r.pos}
 		return true
 	})
 	if !ok || kindAPIVersion[kind] == "" || api != kindAPIVersion[kind] {
 		return nil
 	}
-	sub := func(i int) (*jsonReader, bool) {
-		if vals[i][1] == 0 {
-			return nil, false
-		}
-		return &jsonReader{data: r.data[:vals[i][1]], pos: vals[i][0], ok: true}, true
-	}
-	var meta metav1.ObjectMeta
-	if m, ok := sub(2); ok && !m.objectMeta(&meta) {
-		return nil
-	}
-	switch kind {
-	case KindCNP, KindCCNP:
-		var o cnpObject
-		o.Metadata = meta
-		if s, ok := sub(3); ok {
-			if o.Spec, ok = s.ciliumRulePtr(false); !ok {
-				return nil
-			}
-		}
-		if s, ok := sub(4); ok {
-			if o.Specs, ok = s.ciliumRules(false); !ok {
-				return nil
-			}
-		}
-		// status: written by the API server, ignored (it was read whole).
-		return translateCilium(p, kind, &o)
-	case KindKNP:
-		if vals[4][1] != 0 || vals[5][1] != 0 {
-			return nil // not fields of a NetworkPolicy
-		}
-		np := netv1.NetworkPolicy{ObjectMeta: meta}
-		if s, ok := sub(3); ok && !s.knpSpec(&np.Spec) {
+	for i, v := range later {
+		if v[1] != 0 && !read(&jsonReader{data: r.data[:v[1]], pos: v[0], ok: true, a: r.a}, i) {
 			return nil
 		}
+	}
+	if kind == KindKNP {
+		np.ObjectMeta = meta
 		return translateKNP(p, &np)
 	}
-	return nil
+	o.Metadata = meta
+	return translateCilium(p, kind, &o)
 }
 
 var metaFields = []string{"name", "namespace", "generateName", "uid", "resourceVersion", "labels", "annotations"}
@@ -424,13 +440,7 @@ func (r *jsonReader) ingressRules(fold bool) ([]*ingressRule, bool) {
 	if r.null() {
 		return nil, true
 	}
-	out := []*ingressRule{}
-	ok := r.array(func() bool {
-		if r.null() {
-			return false
-		}
-		in := &ingressRule{}
-		out = append(out, in)
+	return ptrList(r, &r.a.ingress, &r.a.ingressPtrs, func(in *ingressRule) bool {
 		return r.fields(fold, ingressFields, func(i int) bool {
 			var ok bool
 			switch i {
@@ -454,7 +464,6 @@ func (r *jsonReader) ingressRules(fold bool) ([]*ingressRule, bool) {
 			return ok
 		})
 	})
-	return out, ok
 }
 
 var egressFields = []string{"toEndpoints", "toRequires", "toCIDR", "toCIDRSet", "toEntities",
@@ -464,13 +473,7 @@ func (r *jsonReader) egressRules(fold bool) ([]*egressRule, bool) {
 	if r.null() {
 		return nil, true
 	}
-	out := []*egressRule{}
-	ok := r.array(func() bool {
-		if r.null() {
-			return false
-		}
-		eg := &egressRule{}
-		out = append(out, eg)
+	return ptrList(r, &r.a.egress, &r.a.egressPtrs, func(eg *egressRule) bool {
 		return r.fields(fold, egressFields, func(i int) bool {
 			var ok bool
 			switch i {
@@ -494,7 +497,6 @@ func (r *jsonReader) egressRules(fold bool) ([]*egressRule, bool) {
 			return ok
 		})
 	})
-	return out, ok
 }
 
 var cidrRuleFields = []string{"cidr", "except", "cidrGroupRef", "cidrGroupSelector"}
@@ -532,13 +534,7 @@ func (r *jsonReader) portRules(fold bool) ([]*portRule, bool) {
 	if r.null() {
 		return nil, true
 	}
-	out := []*portRule{}
-	ok := r.array(func() bool {
-		if r.null() {
-			return false
-		}
-		pr := &portRule{}
-		out = append(out, pr)
+	return ptrList(r, &r.a.portRules, &r.a.portRulePtrs, func(pr *portRule) bool {
 		return r.fields(fold, portRuleFields, func(i int) bool {
 			var ok bool
 			switch i {
@@ -552,7 +548,6 @@ func (r *jsonReader) portRules(fold bool) ([]*portRule, bool) {
 			return ok
 		})
 	})
-	return out, ok
 }
 
 var portFields = []string{"port", "endPort", "protocol"}
@@ -561,13 +556,7 @@ func (r *jsonReader) portProtocols(fold bool) ([]*portProtocol, bool) {
 	if r.null() {
 		return nil, true
 	}
-	out := []*portProtocol{}
-	ok := r.array(func() bool {
-		if r.null() {
-			return false
-		}
-		pp := &portProtocol{}
-		out = append(out, pp)
+	return ptrList(r, &r.a.ports, &r.a.portPtrs, func(pp *portProtocol) bool {
 		return r.fields(fold, portFields, func(i int) bool {
 			var ok bool
 			switch i {
@@ -579,12 +568,14 @@ func (r *jsonReader) portProtocols(fold bool) ([]*portProtocol, bool) {
 				}
 				pp.EndPort, ok = r.int32()
 			case 2:
-				pp.Protocol, ok = r.optString()
+				if r.null() {
+					return true
+				}
+				pp.Protocol, ok = r.shortStr()
 			}
 			return ok
 		})
 	})
-	return out, ok
 }
 
 // portValue reads a port (or ICMP type) as portValue.decodeGeneric does.
@@ -593,7 +584,7 @@ func (r *jsonReader) portValue() (portValue, bool) {
 	case c == 'n':
 		return portValue{}, r.literal("null")
 	case c == '"':
-		s, ok := r.str()
+		s, ok := r.shortStr()
 		return portValue{set: true, text: s}, ok
 	case c == '-' || isDigit(c):
 		s, ok := r.number()
@@ -713,6 +704,7 @@ func (r *jsonReader) icmpRules(fold bool) ([]*icmpRule, bool) {
 
 // ruleList reads early Cilium's JSON list of rules.
 func (r *jsonReader) ruleList(p *problems, name string) *Policy {
+	r.a = &fastAlloc{}
 	rules, ok := r.ciliumRules(true)
 	if !ok || len(rules) == 0 {
 		return nil
@@ -861,3 +853,92 @@ func (r *jsonReader) knpPorts() ([]netv1.NetworkPolicyPort, bool) {
 	return out, ok
 }
 
+// ---- allocation -------------------------------------------------------------
+
+// fastAlloc allocates the decoded structs of one document in chunks: they
+// are garbage once translated, and a document of 10,000 rules has 10,000 of
+// each.
+type fastAlloc struct {
+	ingress      pool[ingressRule]
+	ingressPtrs  pool[*ingressRule]
+	egress       pool[egressRule]
+	egressPtrs   pool[*egressRule]
+	portRules    pool[portRule]
+	portRulePtrs pool[*portRule]
+	ports        pool[portProtocol]
+	portPtrs     pool[*portProtocol]
+	strs         pool[string]
+	short        map[string]string
+}
+
+// pool hands out slices of a chunk, and keeps a scratch stack for the
+// elements of lists being read.
+type pool[T any] struct {
+	chunk   []T
+	size    int
+	scratch []T
+}
+
+// take returns a slice of n zero elements, empty but not nil for 0.
+func (p *pool[T]) take(n int) []T {
+	if n == 0 {
+		return []T{}
+	}
+	if n > len(p.chunk) {
+		p.size = min(max(2*p.size, 16), 1024)
+		p.chunk = make([]T, max(n, p.size))
+	}
+	out := p.chunk[:n:n]
+	p.chunk = p.chunk[n:]
+	return out
+}
+
+func (p *pool[T]) one() *T { return &p.take(1)[0] }
+
+// list reads an array with elem pushing each element on p's scratch, and
+// returns them in a slice of the exact size; null is a nil list.
+func list[T any](r *jsonReader, p *pool[T], elem func() bool) ([]T, bool) {
+	if r.null() {
+		return nil, true
+	}
+	mark := len(p.scratch)
+	ok := r.array(elem)
+	out := p.take(len(p.scratch) - mark)
+	copy(out, p.scratch[mark:])
+	clear(p.scratch[mark:])
+	p.scratch = p.scratch[:mark]
+	return out, ok
+}
+
+// ptrList reads a list of objects (null elements are left to the decoder).
+func ptrList[T any](r *jsonReader, elems *pool[T], ptrs *pool[*T], read func(*T) bool) ([]*T, bool) {
+	return list(r, ptrs, func() bool {
+		if r.null() {
+			return false
+		}
+		e := elems.one()
+		ptrs.scratch = append(ptrs.scratch, e)
+		return read(e)
+	})
+}
+
+// shortStr reads a string that documents repeat (ports, protocols),
+// allocating each value once.
+func (r *jsonReader) shortStr() (string, bool) {
+	b, ok := r.strBytes()
+	if !ok {
+		return "", false
+	}
+	if len(b) > 16 {
+		return string(b), true
+	}
+	if s, ok := r.a.short[string(b)]; ok {
+		return s, true
+	}
+	if r.a.short == nil {
+		r.a.short = map[string]string{}
+	}
+	s := string(b)
+	r.a.short[s] = s
+	return s, true
+}

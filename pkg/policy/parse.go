@@ -31,8 +31,16 @@ func Parse(file string, data []byte) ([]*Policy, error) { return parse(file, dat
 
 // parse is Parse, with or without its fast path (fastparse.go).
 func parse(file string, data []byte, fast bool) ([]*Policy, error) {
-	docs, errs := splitDocuments(file, data, fast)
 	var out []*Policy
+	var docs []rawDoc
+	var errs []*FieldError
+	done := false
+	if fast {
+		out, errs, done = parseJSONFast(file, data)
+	}
+	if !done {
+		docs, errs = splitDocuments(file, data, fast)
+	}
 	for _, d := range docs {
 		if fast {
 			if pol, ok := parseDocumentFast(file, d.n, d.json); ok {
@@ -89,11 +97,6 @@ var yamlSeparator = regexp.MustCompile(`^(---|\.\.\.)(\s.*)?$`)
 func splitDocuments(file string, data []byte, fast bool) ([]rawDoc, []*FieldError) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
-		if fast {
-			if docs, ok := splitJSONFast(data); ok {
-				return docs, nil
-			}
-		}
 		if docs, err := splitJSON(data); err == nil {
 			return docs, nil
 		} else if _, yerr := yaml.YAMLToJSONStrict(data); yerr != nil {
@@ -113,10 +116,17 @@ func splitDocuments(file string, data []byte, fast bool) ([]rawDoc, []*FieldErro
 			return
 		}
 		n := len(docs) + len(errs) + 1
-		j, err := yaml.YAMLToJSONStrict([]byte(chunk))
-		if err != nil {
-			errs = append(errs, &FieldError{File: file, Document: n, Msg: "YAML: " + shiftLines(err.Error(), firstLine-1), Err: ErrInvalid})
-			return
+		j, ok := []byte(nil), false
+		if fast {
+			j, ok = yamlToJSONFast(chunk)
+		}
+		if !ok {
+			var err error
+			j, err = yaml.YAMLToJSONStrict([]byte(chunk))
+			if err != nil {
+				errs = append(errs, &FieldError{File: file, Document: n, Msg: "YAML: " + shiftLines(err.Error(), firstLine-1), Err: ErrInvalid})
+				return
+			}
 		}
 		if string(j) == "null" {
 			return
@@ -124,7 +134,7 @@ func splitDocuments(file string, data []byte, fast bool) ([]rawDoc, []*FieldErro
 		docs = append(docs, rawDoc{n: n, json: j})
 	}
 	for i, l := range lines {
-		if yamlSeparator.MatchString(strings.TrimRight(l, "\r\n")) {
+		if (strings.HasPrefix(l, "---") || strings.HasPrefix(l, "...")) && yamlSeparator.MatchString(strings.TrimRight(l, "\r\n")) {
 			flush(i)
 		}
 	}

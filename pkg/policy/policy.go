@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
 
 	"github.com/membrane-net/membrane/pkg/identity"
 	"github.com/membrane-net/membrane/pkg/labels"
@@ -63,25 +63,25 @@ func (p *Policy) Prefixes() []netip.Prefix {
 }
 
 func (p *Policy) computePrefixes() {
-	set := map[netip.Prefix]bool{}
+	var all []netip.Prefix
 	for _, s := range p.specs {
-		s.prefixes(func(pf netip.Prefix) { set[pf] = true })
+		s.prefixes(func(pf netip.Prefix) { all = append(all, pf) })
 	}
-	p.prefixes = sortedPrefixes(set)
+	p.prefixes = sortPrefixes(all)
 }
 
-func sortedPrefixes(set map[netip.Prefix]bool) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(set))
-	for pf := range set {
-		out = append(out, pf)
+// sortPrefixes sorts prefixes by address, then length, and drops
+// duplicates, in place.
+func sortPrefixes(pfs []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(pfs, comparePrefixes)
+	return slices.Compact(pfs)
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if c := out[i].Addr().Compare(out[j].Addr()); c != 0 {
-			return c < 0
-		}
-		return out[i].Bits() < out[j].Bits()
-	})
-	return out
+	return a.Bits() - b.Bits()
 }
 
 type policyJSON struct {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/membrane-net/membrane/pkg/identity"
 )
@@ -83,9 +84,22 @@ type Repository struct {
 	cache    *selectorCache
 	// Cookies name rules; a rule keeps its cookie while its policy keeps a
 	// rule at the same path.
-	cookies    map[string]uint32
-	origins    map[uint32]*RuleOrigin
+	cookies    map[cookieKey]uint32
+	origins    map[uint32]*instItem
 	nextCookie uint32
+	// prefixes caches Prefixes until the policies change.
+	prefixes atomic.Pointer[[]netip.Prefix]
+
+	// polGen counts the changes of the installed specs; specSeq numbers
+	// specs as they are bound, and recent holds the installed specs by
+	// seq, so that a memoized resolution finds the specs bound after it.
+	polGen  uint64
+	specSeq uint64
+	recent  []*instSpec
+	// memos holds the last resolution of each endpoint (memo.go).
+	memoMu sync.Mutex
+	memos  map[uint64]*memo
+	rounds memoRounds
 }
 
 type installed struct {
@@ -98,6 +112,8 @@ type installed struct {
 type instSpec struct {
 	spec    *specRule
 	pol     *Policy
+	seq     uint64
+	gone    bool // its policy was replaced or deleted
 	subject *labelSelector
 	// subjectCS: the identities the subject selector selects.
 	subjectCS *cachedSelector
@@ -107,8 +123,15 @@ type instSpec struct {
 type instItem struct {
 	it     *item
 	cookie uint32
-	origin *RuleOrigin
+	spec   *instSpec
 	peers  []instPeer
+}
+
+// origin names the rule.
+func (ii *instItem) origin() RuleOrigin {
+	p, s := ii.spec.pol, ii.spec.spec
+	return RuleOrigin{Kind: p.Kind, Namespace: p.Namespace, Name: p.Name, Path: ii.it.path,
+		Description: s.description, File: p.File, Document: p.Document, Egress: ii.it.egress, Deny: ii.it.deny}
 }
 
 // instPeer is a peer with its cached selection.
@@ -141,8 +164,9 @@ func NewRepository(cfg Config, log *slog.Logger) *Repository {
 		revision:   1,
 		policies:   map[policyKey]*installed{},
 		cache:      newSelectorCache(),
-		cookies:    map[string]uint32{},
-		origins:    map[uint32]*RuleOrigin{},
+		cookies:    map[cookieKey]uint32{},
+		memos:      map[uint64]*memo{},
+		origins:    map[uint32]*instItem{},
 		nextCookie: 1,
 	}
 }
@@ -260,31 +284,47 @@ func hasL7(p *Policy) bool {
 	return false
 }
 
-func cookieKey(p *Policy, path string) string {
-	return p.Kind + "/" + p.Namespace + "/" + p.Name + "#" + path
+// cookieKey names a rule across imports: its policy and its path.
+type cookieKey struct {
+	pol  policyKey
+	path string
 }
 
 // bind acquires the selectors and cookies of a policy's rules.
 func (r *Repository) bind(p *Policy) []*instSpec {
-	var out []*instSpec
+	out := make([]*instSpec, 0, len(p.specs))
+	pk := p.key()
 	for _, s := range p.specs {
-		is := &instSpec{spec: s, pol: p, subject: s.subject, subjectCS: r.cache.acquire(s.subject)}
+		r.specSeq++
+		is := &instSpec{spec: s, pol: p, seq: r.specSeq, subject: s.subject, subjectCS: r.cache.acquire(s.subject)}
+		r.recent = append(r.recent, is)
+		// One allocation for all items of the spec.
+		items := make([]instItem, len(s.items))
+		is.items = make([]*instItem, len(s.items))
+		npeers := 0
 		for _, it := range s.items {
-			ck := cookieKey(p, it.path)
+			npeers += len(it.peers)
+		}
+		peers := make([]instPeer, 0, npeers)
+		for i, it := range s.items {
+			ck := cookieKey{pk, it.path}
 			c, ok := r.cookies[ck]
 			if !ok {
 				c = r.nextCookie
 				r.nextCookie++
 				r.cookies[ck] = c
 			}
-			o := &RuleOrigin{Kind: p.Kind, Namespace: p.Namespace, Name: p.Name, Path: it.path,
-				Description: s.description, File: p.File, Document: p.Document, Egress: it.egress, Deny: it.deny}
-			r.origins[c] = o
-			ii := &instItem{it: it, cookie: c, origin: o}
+			ii := &items[i]
+			*ii = instItem{it: it, cookie: c, spec: is}
+			r.origins[c] = ii
+			start := len(peers)
 			for _, pr := range it.peers {
-				ii.peers = append(ii.peers, r.bindPeer(pr))
+				peers = append(peers, r.bindPeer(pr))
 			}
-			is.items = append(is.items, ii)
+			if len(peers) > start {
+				ii.peers = peers[start:len(peers):len(peers)]
+			}
+			is.items[i] = ii
 		}
 		out = append(out, is)
 	}
@@ -319,6 +359,7 @@ func (r *Repository) bindPeer(p peer) instPeer {
 func (r *Repository) unbind(old *installed, keep map[uint32]bool) {
 	old.gone = true
 	for _, s := range old.specs {
+		s.gone = true
 		r.cache.release(s.subjectCS)
 		for _, ii := range s.items {
 			for _, ip := range ii.peers {
@@ -327,7 +368,7 @@ func (r *Repository) unbind(old *installed, keep map[uint32]bool) {
 				}
 			}
 			if !keep[ii.cookie] {
-				delete(r.cookies, cookieKey(old.pol, ii.it.path))
+				delete(r.cookies, cookieKey{old.pol.key(), ii.it.path})
 				delete(r.origins, ii.cookie)
 			}
 		}
@@ -348,6 +389,16 @@ func (r *Repository) rebuild() {
 	}
 	clear(r.order[len(order):])
 	r.order, r.specs = order, specs
+	r.prefixes.Store(nil)
+	recent := r.recent[:0]
+	for _, s := range r.recent {
+		if !s.gone {
+			recent = append(recent, s)
+		}
+	}
+	clear(r.recent[len(recent):])
+	r.recent = recent
+	r.polGen++
 }
 
 // Delete removes the policies a name designates: NAME (any namespace),
@@ -481,40 +532,97 @@ func (r *Repository) listLocked() []*Policy {
 func (r *Repository) Prefixes() []netip.Prefix {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	set := map[netip.Prefix]bool{}
-	for _, in := range r.policies {
-		for _, pf := range in.pol.prefixes {
-			set[pf] = true
+	pfs := r.prefixes.Load()
+	if pfs == nil {
+		lists := make([][]netip.Prefix, 0, len(r.order))
+		for _, in := range r.order {
+			lists = append(lists, in.pol.prefixes)
 		}
+		merged := mergePrefixes(lists)
+		pfs = &merged
+		r.prefixes.Store(pfs)
 	}
-	return sortedPrefixes(set)
+	return append([]netip.Prefix(nil), (*pfs)...)
+}
+
+// mergePrefixes merges sorted lists of prefixes into one, without
+// duplicates.
+func mergePrefixes(lists [][]netip.Prefix) []netip.Prefix {
+	for len(lists) > 1 {
+		var next [][]netip.Prefix
+		for i := 0; i < len(lists); i += 2 {
+			if i+1 == len(lists) {
+				next = append(next, lists[i])
+				break
+			}
+			a, b := lists[i], lists[i+1]
+			m := make([]netip.Prefix, 0, len(a)+len(b))
+			for len(a) > 0 && len(b) > 0 {
+				switch c := comparePrefixes(a[0], b[0]); {
+				case c < 0:
+					m, a = append(m, a[0]), a[1:]
+				case c > 0:
+					m, b = append(m, b[0]), b[1:]
+				default:
+					m, a, b = append(m, a[0]), a[1:], b[1:]
+				}
+			}
+			next = append(next, append(append(m, a...), b...))
+		}
+		lists = next
+	}
+	if len(lists) == 0 {
+		return []netip.Prefix{}
+	}
+	return lists[0]
 }
 
 // Origin returns the rule a cookie names.
 func (r *Repository) Origin(cookie uint32) (RuleOrigin, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	o, ok := r.origins[cookie]
+	ii, ok := r.origins[cookie]
 	if !ok {
 		return RuleOrigin{}, false
 	}
-	return *o, true
+	return ii.origin(), true
 }
 
 // UpsertIdentity tells the repository of an identity, or of new labels or
-// named ports of one.
+// named ports of one. Telling it again of an identity as it knows it
+// changes nothing. Its cost does not grow with the number of selectors or
+// identities (see selectorcache.go).
 func (r *Repository) UpsertIdentity(si SelectableIdentity) {
-	rec := &identRecord{
-		id: si.ID, raw: si.Labels, class: classOf(si.ID), prefix: si.Prefix.Masked(),
-		namedPorts: append([]NamedPort(nil), si.NamedPorts...),
+	rec := newIdentRecord(si)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cache.upsert(rec)
+}
+
+// UpsertIdentities is UpsertIdentity for many identities at once (one
+// lock).
+func (r *Repository) UpsertIdentities(sis []SelectableIdentity) {
+	recs := make([]identRecord, len(sis))
+	for i, si := range sis {
+		recs[i] = *newIdentRecord(si)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range recs {
+		r.cache.upsert(&recs[i])
+	}
+}
+
+func newIdentRecord(si SelectableIdentity) *identRecord {
+	rec := &identRecord{id: si.ID, raw: si.Labels, class: classOf(si.ID), prefix: si.Prefix.Masked()}
+	if len(si.NamedPorts) > 0 {
+		rec.namedPorts = append([]NamedPort(nil), si.NamedPorts...)
 	}
 	if rec.class == classCIDR && !rec.prefix.IsValid() {
 		rec.prefix = prefixFromLabels(si.Labels)
 	}
 	rec.labels = effectiveLabels(si.Labels, rec.class)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cache.upsert(rec)
+	return rec
 }
 
 // RemoveIdentity forgets an identity.
@@ -522,4 +630,13 @@ func (r *Repository) RemoveIdentity(id identity.NumericIdentity) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.cache.remove(id)
+}
+
+// RemoveIdentities is RemoveIdentity for many identities at once.
+func (r *Repository) RemoveIdentities(ids []identity.NumericIdentity) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		r.cache.remove(id)
+	}
 }

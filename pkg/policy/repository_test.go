@@ -130,11 +130,11 @@ func TestSelectorCacheReleased(t *testing.T) {
 	r := newTestRepo(t, "")
 	mustImport(t, r, "a.yaml", cnp("  endpointSelector: {}\n  ingress: [{fromEndpoints: [{matchLabels: {a: b}}]}, {fromCIDR: [10.0.0.0/8]}, {fromEntities: [cluster]}]\n"))
 	mustImport(t, r, "a.yaml", cnp("  endpointSelector: {}\n  ingress: [{fromEndpoints: [{matchLabels: {a: b}}]}]\n"))
-	if n := len(r.cache.sels); n != 2 {
+	if n := r.cache.size(); n != 2 {
 		t.Errorf("%d cached selectors after replace, want 2 (subject and peer)", n)
 	}
 	r.DeleteAll()
-	if n := len(r.cache.sels); n != 0 {
+	if n := r.cache.size(); n != 0 {
 		t.Errorf("%d cached selectors after delete, want 0", n)
 	}
 }
@@ -197,7 +197,7 @@ func TestRestore(t *testing.T) {
 	if err := r.Restore(append(a, a...), 58); !errors.Is(err, ErrConflict) || r.Revision() != 57 {
 		t.Errorf("bad restore: %v, revision %d", err, r.Revision())
 	}
-	if err := r.Restore(nil, 60); err != nil || len(r.List()) != 0 || len(r.cache.sels) != 0 {
+	if err := r.Restore(nil, 60); err != nil || len(r.List()) != 0 || r.cache.size() != 0 {
 		t.Errorf("restore of nothing: %v", err)
 	}
 }

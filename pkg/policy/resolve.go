@@ -68,18 +68,30 @@ func (r *Resolved) MarshalJSON() ([]byte, error) {
 }
 
 // Resolve computes the policy of an endpoint from the rules that select it
-// and the identities the repository knows.
+// and the identities the repository knows. While nothing the result
+// depends on changes (see memo.go), it returns the same *Resolved again,
+// at almost no cost: a caller may skip an endpoint whose result is the
+// pointer it already has. The result must not be modified; its Revision is
+// the revision it was computed at.
 func (r *Repository) Resolve(ep Endpoint) (*Resolved, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	res, err := r.resolveLocked(&ep)
+	if res := r.memoized(&ep); res != nil {
+		return res, nil
+	}
+	m := r.newMemo(&ep)
+	res, err := r.resolveLocked(&ep, m)
 	if err != nil {
 		return nil, fmt.Errorf("resolve policy of endpoint %d: %w", ep.ID, err)
 	}
+	m.res = res
+	r.remember(m)
 	return res, nil
 }
 
-func (r *Repository) resolveLocked(ep *Endpoint) (*Resolved, error) {
+// resolveLocked computes the policy of an endpoint; it notes what it
+// reads in m when m is not nil. The caller holds r.mu.
+func (r *Repository) resolveLocked(ep *Endpoint, m *memo) (*Resolved, error) {
 	res := &Resolved{
 		MapState: mapstate.MapState{},
 		L7:       &l7.EndpointPolicy{Ports: map[l7.PortKey][]*l7.Selection{}},
@@ -91,13 +103,23 @@ func (r *Repository) resolveLocked(ep *Endpoint) (*Resolved, error) {
 		return res, nil
 	}
 	selected := r.selecting(ep.Labels, ep.Identity)
-	for _, egress := range []bool{false, true} {
-		b := newBuilder(r, ep, egress)
-		enforced := r.mode == EnforcementAlways
+	var deps *resolveDeps
+	if m != nil {
+		m.specs, deps = selected, &m.deps
+	}
+	// Both directions add their entries first, so that the map state is
+	// made once at its size.
+	var bs [2]*builder
+	var enforced [2]bool
+	for d, egress := range []bool{false, true} {
+		b := newBuilder(r, ep, egress, selected)
+		b.deps = deps
+		bs[d] = b
+		enforced[d] = r.mode == EnforcementAlways
 		allowReqs, denyReqs := requirements(selected, egress)
 		for _, s := range selected {
 			if s.spec.defaultDeny[dirOf(egress)] {
-				enforced = true
+				enforced[d] = true
 			}
 			for _, ii := range s.items {
 				if ii.it.egress != egress {
@@ -113,15 +135,17 @@ func (r *Repository) resolveLocked(ep *Endpoint) (*Resolved, error) {
 				b.addItem(ii, reqs)
 			}
 		}
-		if err := b.finish(enforced, res); err != nil {
+	}
+	res.MapState = make(mapstate.MapState, len(bs[0].entries)+len(bs[1].entries)+2)
+	for d, b := range bs {
+		if err := b.finish(enforced[d], res); err != nil {
 			return nil, err
 		}
-		if egress {
-			res.EgressEnforced = enforced
-		} else {
-			res.IngressEnforced = enforced
+		if m != nil {
+			m.proxyFor[d] = b.proxyPort
 		}
 	}
+	res.IngressEnforced, res.EgressEnforced = enforced[0], enforced[1]
 	return res, nil
 }
 
@@ -178,13 +202,18 @@ func requirements(specs []*instSpec, egress bool) (allow, deny []*labelSelector)
 // peerIDs calls fn for every map identity a peer stands for, with the
 // identity's record when the repository knows it (nil for identity 0 and
 // unknown reserved identities).
-func (r *Repository) peerIDs(ip *instPeer, reqs []*labelSelector, fn func(identity.NumericIdentity, *identRecord)) {
+func (r *Repository) peerIDs(ip *instPeer, reqs []*labelSelector, deps *resolveDeps, fn func(identity.NumericIdentity, *identRecord)) {
 	p := ip.p
 	if p.kind == peerSelector && len(reqs) > 0 {
 		// Requirements narrow the selector: wildcards stop being wildcards.
 		src := ip.cs.selected
 		if ip.wildcard {
 			src = r.cache.ids
+			if deps != nil {
+				deps.allIDs = true
+			}
+		} else {
+			deps.sel(ip.cs)
 		}
 		for id, rec := range src {
 			if meetsAll(rec, reqs) {
@@ -198,11 +227,14 @@ func (r *Repository) peerIDs(ip *instPeer, reqs []*labelSelector, fn func(identi
 		return
 	}
 	for _, id := range ip.fixed {
-		fn(id, r.cache.ids[id])
+		rec := r.cache.ids[id]
+		deps.fixedID(id, rec)
+		fn(id, rec)
 	}
 	if ip.cs == nil {
 		return
 	}
+	deps.sel(ip.cs)
 	for id, rec := range ip.cs.selected {
 		fn(id, rec)
 		if p.kind == peerCIDR && p.anyAddress {

@@ -163,7 +163,7 @@ func (r *Repository) tracePeer(tp TracePeer) (*tracedEnd, error) {
 		te.labels = tp.Labels
 		id := identity.ForLabels(tp.Labels)
 		if id == identity.Unknown {
-			id = r.cache.byLabels[tp.Labels.String()]
+			id = r.cache.identityOf(tp.Labels)
 		}
 		te.id = id
 		rec = r.cache.ids[id]
@@ -213,11 +213,11 @@ func (r *Repository) traceDirection(tp TracePeer, subj, peer *tracedEnd, egress 
 	ev := r.evaluate(subj.labels, subj.id, subj.named, egress, &peer.peer, proto, port)
 	dt := &DirectionTrace{Direction: dirName(egress), Subject: subj.name, Peer: peer.name, Enforced: ev.enforced}
 	for _, h := range ev.denies {
-		dt.Rules = append(dt.Rules, TraceRule{RuleOrigin: *h.ii.origin, Cookie: h.ii.cookie, Effect: "deny"})
+		dt.Rules = append(dt.Rules, TraceRule{RuleOrigin: h.ii.origin(), Cookie: h.ii.cookie, Effect: "deny"})
 	}
 	if !ev.denied() {
 		for _, h := range ev.allows {
-			tr := TraceRule{RuleOrigin: *h.ii.origin, Cookie: h.ii.cookie, Effect: "allow"}
+			tr := TraceRule{RuleOrigin: h.ii.origin(), Cookie: h.ii.cookie, Effect: "allow"}
 			if h.l7 {
 				tr.Effect = "redirect"
 				for _, hr := range h.http {
@@ -247,7 +247,7 @@ func (r *Repository) traceDirection(tp TracePeer, subj, peer *tracedEnd, egress 
 		dt.Verdict = VerdictDefaultDeny
 	}
 	if tp.Endpoint != nil && peer.id != identity.Unknown {
-		resolved, err := r.resolveLocked(tp.Endpoint)
+		resolved, err := r.resolveLocked(tp.Endpoint, nil)
 		if err != nil {
 			return nil, err
 		}
