@@ -98,9 +98,13 @@ type Agent struct {
 	stored map[string]*policy.Policy
 	// cidrDirty: the CIDR identities changed since they were written.
 	cidrDirty bool
-	// prefixes caches the repository's IPv4 CIDRs at a revision.
-	prefixes    map[netip.Prefix]bool
-	prefixesRev uint64
+	// synced are the repository's IPv4 prefixes at the last
+	// syncCIDRIdentities (sorted as the repository sorts them; nil before
+	// the first); stale the CIDR identities no policy names any more and
+	// unpublished those not yet in the ipcache, both until publishCIDRs.
+	synced      []netip.Prefix
+	stale       map[netip.Prefix]identity.NumericIdentity
+	unpublished map[netip.Prefix]identity.NumericIdentity
 }
 
 type epState struct {
@@ -118,13 +122,15 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	}
 	a := &Agent{
 		cfg: cfg, log: log,
-		ids:     identity.NewLocalAllocator(),
-		eps:     map[uint32]*epState{},
-		cidrIDs: map[netip.Prefix]identity.NumericIdentity{},
-		hostIPs: map[netip.Addr]bool{},
-		pending: map[uint32]state.Pending{},
-		started: time.Now(),
-		spares:  sparePool{tag: spareTag(cfg.StateDir), kick: make(chan struct{}, 1)},
+		ids:         identity.NewLocalAllocator(),
+		eps:         map[uint32]*epState{},
+		cidrIDs:     map[netip.Prefix]identity.NumericIdentity{},
+		stale:       map[netip.Prefix]identity.NumericIdentity{},
+		unpublished: map[netip.Prefix]identity.NumericIdentity{},
+		hostIPs:     map[netip.Addr]bool{},
+		pending:     map[uint32]state.Pending{},
+		started:     time.Now(),
+		spares:      sparePool{tag: spareTag(cfg.StateDir), kick: make(chan struct{}, 1)},
 	}
 	if a.pool, err = ipam.New(cfg.IPv4Pool); err != nil {
 		return nil, fmt.Errorf("address pool: %w", err)

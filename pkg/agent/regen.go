@@ -80,6 +80,12 @@ func (a *Agent) apply(resolved map[uint32]*policy.Resolved) error {
 			continue
 		}
 		s := a.eps[id]
+		if res == s.resolved {
+			// The repository gave back what this endpoint enforces
+			// already (its resolution is memoized): nothing to diff.
+			s.revision = rev
+			continue
+		}
 		n, restrictive, err := a.dp.SyncPolicy(id, res.MapState)
 		if err != nil {
 			return fmt.Errorf("endpoint %d: %w", id, err)
@@ -150,78 +156,100 @@ func (a *Agent) flushChangedConnections(ids []uint32) {
 }
 
 // syncCIDRIdentities gives every CIDR of the repository an identity and
-// releases those of CIDRs no policy names any more. New identities are
-// told to the repository; the caller then regenerates and, after that,
-// updates the ipcache (so map entries exist before addresses map to
-// them) and finally calls dropStaleCIDRs.
+// marks those of CIDRs no policy names any more as stale. It works on the
+// difference between the repository's prefixes now and at its last run,
+// so its cost grows with the change, not with all the CIDRs. New
+// identities are told to the repository; the caller then regenerates and,
+// after that, calls publishCIDRs (so map entries exist before addresses
+// map to them). Only IPv4 prefixes get identities: the datapath enforces
+// IPv4 only (IPv6 is dropped whatever the policy says).
 func (a *Agent) syncCIDRIdentities() error {
-	want := a.policyPrefixes()
-	for p := range want {
-		if _, ok := a.cidrIDs[p]; ok {
+	next := a.repo.Prefixes()
+	v4 := next[:0]
+	for _, p := range next {
+		if p.Addr().Is4() {
+			v4 = append(v4, p.Masked())
+		}
+	}
+	next = v4
+	var added, removed []netip.Prefix
+	if a.synced == nil {
+		// The first run (after a restart): every known CIDR identity no
+		// policy needs is stale.
+		added = next
+		want := make(map[netip.Prefix]bool, len(next))
+		for _, p := range next {
+			want[p] = true
+		}
+		for p, id := range a.cidrIDs {
+			if !want[p] {
+				a.stale[p] = id
+			}
+		}
+	} else {
+		added, removed = policy.PrefixDiff(a.synced, next)
+	}
+	var upserts []policy.SelectableIdentity
+	for _, p := range added {
+		if id, ok := a.stale[p]; ok {
+			// Named again before it was released: it stays.
+			delete(a.stale, p)
+			a.unpublished[p] = id
+			continue
+		}
+		if id, ok := a.cidrIDs[p]; ok {
+			a.unpublished[p] = id
 			continue
 		}
 		id, _, err := a.ids.Allocate(context.Background(), labels.New(labels.Label{Source: labels.SourceCIDR, Key: p.String()}))
 		if err != nil {
+			// The identities allocated so far are kept and told to the
+			// repository; the next run sees their prefixes as added
+			// again and finds them.
+			a.repo.UpsertIdentities(upserts)
 			return fmt.Errorf("identity for CIDR %s: %w", p, err)
 		}
 		a.cidrIDs[p] = id.ID
+		a.unpublished[p] = id.ID
 		a.cidrDirty = true
-		a.repo.UpsertIdentity(policy.SelectableIdentity{ID: id.ID, Labels: id.Labels, Prefix: p})
+		upserts = append(upserts, policy.SelectableIdentity{ID: id.ID, Labels: id.Labels, Prefix: p})
 	}
+	for _, p := range removed {
+		if id, ok := a.cidrIDs[p]; ok {
+			a.stale[p] = id
+			delete(a.unpublished, p)
+		}
+	}
+	a.repo.UpsertIdentities(upserts)
+	a.synced = next
 	return nil
 }
 
-// policyPrefixes are the CIDRs of the repository that need identities:
-// IPv4 ones, as the datapath enforces IPv4 only (IPv6 is dropped whatever
-// the policy says).
-func (a *Agent) policyPrefixes() map[netip.Prefix]bool {
-	if rev := a.repo.Revision(); a.prefixes == nil || a.prefixesRev != rev {
-		want := map[netip.Prefix]bool{}
-		for _, p := range a.repo.Prefixes() {
-			if p.Addr().Is4() {
-				want[p.Masked()] = true
-			}
-		}
-		a.prefixes, a.prefixesRev = want, rev
-	}
-	return a.prefixes
-}
-
-// staleCIDRs lists the CIDR identities no policy needs any more.
-func (a *Agent) staleCIDRs() map[netip.Prefix]identity.NumericIdentity {
-	want := a.policyPrefixes()
-	stale := map[netip.Prefix]identity.NumericIdentity{}
-	for p, id := range a.cidrIDs {
-		if !want[p] {
-			stale[p] = id
-		}
-	}
-	return stale
-}
-
-// publishCIDRs points the ipcache at the current CIDR identities, then
-// releases the stale ones and removes their entries from the policy maps.
+// publishCIDRs points the ipcache at the new CIDR identities and away from
+// the stale ones, then releases the stale ones and removes their entries
+// from the policy maps.
 func (a *Agent) publishCIDRs() error {
-	stale := a.staleCIDRs()
-	live := map[netip.Prefix]identity.NumericIdentity{}
-	for p, id := range a.cidrIDs {
-		if _, s := stale[p]; !s {
-			live[p] = id
-		}
+	remove := make([]netip.Prefix, 0, len(a.stale))
+	for p := range a.stale {
+		remove = append(remove, p)
 	}
-	if err := a.ipc.SetCIDRs(live); err != nil {
+	if err := a.ipc.UpdateCIDRs(a.unpublished, remove); err != nil {
 		return err
 	}
-	if len(stale) == 0 {
+	clear(a.unpublished)
+	if len(a.stale) == 0 {
 		return nil
 	}
-	for p, id := range stale {
+	gone := make([]identity.NumericIdentity, 0, len(a.stale))
+	for p, id := range a.stale {
 		delete(a.cidrIDs, p)
 		a.cidrDirty = true
 		if _, err := a.ids.Release(context.Background(), id); err != nil {
 			a.log.Warn("release CIDR identity", "cidr", p, "error", err)
 		}
-		a.repo.RemoveIdentity(id)
+		gone = append(gone, id)
 	}
+	clear(a.stale)
+	a.repo.RemoveIdentities(gone)
 	return a.regenerate()
 }

@@ -171,10 +171,16 @@ func (a *Agent) upsertAllIdentities() {
 // endpoints.
 func (a *Agent) selectable(id *identity.Identity) policy.SelectableIdentity {
 	si := policy.SelectableIdentity{ID: id.ID, Labels: id.Labels}
-	for p, cid := range a.cidrIDs {
-		if cid == id.ID {
-			si.Prefix = p
+	for _, l := range id.Labels {
+		if l.Source != labels.SourceCIDR {
+			continue
 		}
+		if p, err := netip.ParsePrefix(l.Key); err == nil && a.cidrIDs[p.Masked()] == id.ID {
+			si.Prefix = p.Masked()
+		}
+	}
+	if si.Prefix.IsValid() {
+		return si // a CIDR identity: no endpoint has it
 	}
 	seen := map[string]bool{}
 	for _, s := range a.eps {

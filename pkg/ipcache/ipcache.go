@@ -94,20 +94,39 @@ func (c *IPCache) DeleteSecurity(p netip.Prefix) error {
 func (c *IPCache) SetCIDRs(cidrs map[netip.Prefix]identity.NumericIdentity) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	changed := map[netip.Prefix]bool{}
-	for p, id := range cidrs {
-		if old, ok := c.cidr[p.Masked()]; !ok || old != id {
-			changed[p.Masked()] = true
-		}
-	}
+	var remove []netip.Prefix
 	for p := range c.cidr {
 		if _, ok := cidrs[p]; !ok {
+			remove = append(remove, p)
+		}
+	}
+	return c.updateCIDRs(cidrs, remove)
+}
+
+// UpdateCIDRs adds or changes the policy CIDRs of set and removes those of
+// remove (a prefix in both is set), leaving the others as they are: its
+// cost grows with the change, not with the number of CIDRs.
+func (c *IPCache) UpdateCIDRs(set map[netip.Prefix]identity.NumericIdentity, remove []netip.Prefix) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.updateCIDRs(set, remove)
+}
+
+func (c *IPCache) updateCIDRs(set map[netip.Prefix]identity.NumericIdentity, remove []netip.Prefix) error {
+	changed := map[netip.Prefix]bool{}
+	for _, p := range remove {
+		p = p.Masked()
+		if _, ok := c.cidr[p]; ok {
+			delete(c.cidr, p)
 			changed[p] = true
 		}
 	}
-	c.cidr = map[netip.Prefix]identity.NumericIdentity{}
-	for p, id := range cidrs {
-		c.cidr[p.Masked()] = id
+	for p, id := range set {
+		p = p.Masked()
+		if old, ok := c.cidr[p]; !ok || old != id {
+			c.cidr[p] = id
+			changed[p] = true
+		}
 	}
 	if len(changed) == 0 {
 		return nil

@@ -94,7 +94,7 @@ func TestRandomAgainstReference(t *testing.T) {
 		sec := map[netip.Prefix]Security{WorldPrefix: {Identity: identity.World}}
 		cidrs := map[netip.Prefix]identity.NumericIdentity{}
 		for step := 0; step < 40; step++ {
-			switch rng.Intn(4) {
+			switch rng.Intn(5) {
 			case 0:
 				p := randPrefix()
 				s := Security{Identity: identity.NumericIdentity(256 + rng.Intn(5)), InCluster: true}
@@ -113,6 +113,24 @@ func TestRandomAgainstReference(t *testing.T) {
 					cidrs[randPrefix()] = identity.LocalScope + identity.NumericIdentity(rng.Intn(4))
 				}
 				c.SetCIDRs(cidrs)
+			case 4:
+				// A change: some CIDRs go, some come or change identity.
+				var remove []netip.Prefix
+				for p := range cidrs {
+					if rng.Intn(3) == 0 {
+						delete(cidrs, p)
+						remove = append(remove, p)
+					}
+				}
+				set := map[netip.Prefix]identity.NumericIdentity{}
+				for i := 0; i < rng.Intn(4); i++ {
+					p, id := randPrefix(), identity.LocalScope+identity.NumericIdentity(rng.Intn(4))
+					set[p] = id
+					cidrs[p] = id // in set and remove: set wins
+				}
+				if err := c.UpdateCIDRs(set, remove); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for i := 0; i < 30; i++ {
 				a := netip.AddrFrom4([4]byte{10, byte(rng.Intn(3)), byte(rng.Intn(3)), byte(rng.Intn(8))})

@@ -577,6 +577,24 @@ func mergePrefixes(lists [][]netip.Prefix) []netip.Prefix {
 	return lists[0]
 }
 
+// PrefixDiff compares two lists of prefixes sorted as Prefixes sorts
+// them: added are those only in next, removed those only in prev, both in
+// that order. It costs one pass over the lists and allocates only its
+// results.
+func PrefixDiff(prev, next []netip.Prefix) (added, removed []netip.Prefix) {
+	for len(prev) > 0 && len(next) > 0 {
+		switch c := comparePrefixes(prev[0], next[0]); {
+		case c < 0:
+			removed, prev = append(removed, prev[0]), prev[1:]
+		case c > 0:
+			added, next = append(added, next[0]), next[1:]
+		default:
+			prev, next = prev[1:], next[1:]
+		}
+	}
+	return append(added, next...), append(removed, prev...)
+}
+
 // Origin returns the rule a cookie names.
 func (r *Repository) Origin(cookie uint32) (RuleOrigin, bool) {
 	r.mu.RLock()

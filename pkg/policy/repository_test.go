@@ -2,6 +2,8 @@ package policy
 
 import (
 	"errors"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -199,5 +201,34 @@ func TestRestore(t *testing.T) {
 	}
 	if err := r.Restore(nil, 60); err != nil || len(r.List()) != 0 || r.cache.size() != 0 {
 		t.Errorf("restore of nothing: %v", err)
+	}
+}
+
+func TestPrefixDiff(t *testing.T) {
+	ps := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		prev, next, added, removed []netip.Prefix
+	}{
+		{nil, nil, nil, nil},
+		{nil, ps("10.0.0.0/8", "10.0.0.1/32"), ps("10.0.0.0/8", "10.0.0.1/32"), nil},
+		{ps("10.0.0.0/8", "10.0.0.1/32"), nil, nil, ps("10.0.0.0/8", "10.0.0.1/32")},
+		{ps("10.0.0.0/8", "10.0.0.1/32", "192.168.0.0/16"), ps("10.0.0.0/8", "10.0.0.0/16", "192.168.0.0/16", "192.168.1.1/32"),
+			ps("10.0.0.0/16", "192.168.1.1/32"), ps("10.0.0.1/32")},
+	} {
+		// Sorted as Prefixes sorts them, so the test does not depend on
+		// the order written above.
+		for _, l := range [][]netip.Prefix{tc.prev, tc.next, tc.added, tc.removed} {
+			slices.SortFunc(l, comparePrefixes)
+		}
+		added, removed := PrefixDiff(tc.prev, tc.next)
+		if !slices.Equal(added, tc.added) || !slices.Equal(removed, tc.removed) {
+			t.Errorf("PrefixDiff(%v, %v) = %v, %v; want %v, %v", tc.prev, tc.next, added, removed, tc.added, tc.removed)
+		}
 	}
 }
