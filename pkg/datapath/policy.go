@@ -56,12 +56,20 @@ func policyValue(k mapstate.Key, e mapstate.Entry) bpfPolicyEntry {
 // the writes of mapstate.Diff, in its order, and keeps current equal to
 // what the map holds, even when a write fails.
 func writePolicy(m *ebpf.Map, id uint32, current, desired mapstate.MapState) error {
-	for k := range desired {
-		if err := k.Valid(); err != nil {
-			return fmt.Errorf("key %s: %w", k, err)
+	return writeChanges(m, id, current, desired, mapstate.Diff(current, desired))
+}
+
+// writeChanges is writePolicy for changes computed already (Diff of
+// current and desired).
+func writeChanges(m *ebpf.Map, id uint32, current, desired mapstate.MapState, changes []mapstate.Change) error {
+	for _, c := range changes {
+		if c.Delete {
+			break // deletions come last
+		}
+		if err := c.Key.Valid(); err != nil {
+			return fmt.Errorf("key %s: %w", c.Key, err)
 		}
 	}
-	changes := mapstate.Diff(current, desired)
 	// Upserts first, in batches, then deletions (Diff's order).
 	var keys []bpfPolicyKey
 	var vals []bpfPolicyEntry
@@ -147,7 +155,7 @@ func (d *Datapath) SyncPolicy(id uint32, policy mapstate.MapState) (writes int, 
 			break
 		}
 	}
-	if err := writePolicy(d.maps["policy"], id, st.current, policy); err != nil {
+	if err := writeChanges(d.maps["policy"], id, st.current, policy, changes); err != nil {
 		return 0, false, fmt.Errorf("endpoint %d: %w", id, err)
 	}
 	return len(changes), restrictive, nil

@@ -6,6 +6,7 @@ package mapstate
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/membrane-net/membrane/pkg/identity"
@@ -203,7 +204,15 @@ func Diff(old, new MapState) []Change {
 }
 
 func sortChanges(cs []Change) {
-	sort.Slice(cs, func(i, j int) bool { return keyLess(cs[i].Key, cs[j].Key) })
+	slices.SortFunc(cs, func(a, b Change) int {
+		switch {
+		case keyLess(a.Key, b.Key):
+			return -1
+		case keyLess(b.Key, a.Key):
+			return 1
+		}
+		return 0
+	})
 }
 
 func keyLess(a, b Key) bool {
