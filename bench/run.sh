@@ -5,6 +5,7 @@
 #   BENCH_ARGS=...  more flags for membrane-bench run (e.g. --no-profile)
 #   BENCH_NICE=N    nice value of the run and all it starts (default -10)
 #   BENCH_AGENT_ARGS="--flag value"  more flags for the bench's agent
+#   BENCH_LOGS=DIR  keep the logs (agent, servers, tools) in DIR
 # Needs root. Everything it makes (namespaces, links, netfilter rules, pins,
 # processes) carries the mbrb prefix and is removed on exit, even on failure.
 set -euo pipefail
@@ -25,6 +26,9 @@ cleanup() {
 	if [ "$status" != 0 ] && [ -d "$work/logs" ]; then
 		echo "bench/run.sh: failed; agent log tail:" >&2
 		tail -n 20 "$work/logs/agent.log" >&2 2>/dev/null || true
+	fi
+	if [ -n "${BENCH_LOGS:-}" ] && [ -d "$work/logs" ]; then
+		mkdir -p "$BENCH_LOGS" && cp -r "$work/logs/." "$BENCH_LOGS/" || true
 	fi
 	rm -rf "$work"
 	exit "$status"
