@@ -102,7 +102,9 @@ type Agent struct {
 	// syncCIDRIdentities (sorted as the repository sorts them; nil before
 	// the first); stale the CIDR identities no policy names any more and
 	// unpublished those not yet in the ipcache, both until publishCIDRs.
-	synced      []netip.Prefix
+	synced []netip.Prefix
+	// memTimer gives memory back after policy changes (policy.go).
+	memTimer    *time.Timer
 	stale       map[netip.Prefix]identity.NumericIdentity
 	unpublished map[netip.Prefix]identity.NumericIdentity
 }
@@ -261,6 +263,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.memTimer != nil {
+		a.memTimer.Stop()
+	}
 	if a.proxy != nil {
 		a.proxy.Close()
 	}

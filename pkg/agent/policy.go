@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -103,6 +104,7 @@ func (a *Agent) changePolicy(change func() error) error {
 	if err := change(); err != nil {
 		return api.WithStatus(http.StatusBadRequest, err)
 	}
+	defer a.releaseMemoryWhenQuiet()
 	err := a.enforcePolicy()
 	if err == nil {
 		return nil
@@ -116,6 +118,24 @@ func (a *Agent) changePolicy(change func() error) error {
 		a.log.Error("re-enforce the policy of before a failed change", "error", rerr)
 	}
 	return err
+}
+
+// memQuiet is how long policy must stay unchanged before the agent gives
+// the memory its changes left behind back to the system.
+const memQuiet = 2 * time.Second
+
+// releaseMemoryWhenQuiet returns the free heap to the system once no
+// policy change has come for memQuiet: importing or deleting thousands of
+// rules makes tens of MB of temporaries that Go's background scavenger
+// would give back only slowly, and the resident size of an idle agent is
+// what its host pays for. The timer is reset by every change, so a burst
+// of changes pays for one collection at its end. The caller holds mu.
+func (a *Agent) releaseMemoryWhenQuiet() {
+	if a.memTimer == nil {
+		a.memTimer = time.AfterFunc(memQuiet, debug.FreeOSMemory)
+		return
+	}
+	a.memTimer.Reset(memQuiet)
 }
 
 // enforcePolicy brings identities, the kernel's maps and the ipcache to
