@@ -67,7 +67,8 @@ func (b *bench) blockMem(ctx context.Context) error {
 		len(adds), fmtDur(addTime), fmtSecs(first(adds)), fmtSecs(last(adds)), fmtSecs(median(adds)))
 	if len(adds) > 0 && last(adds) > 2*first(adds) {
 		b.rep.note("`endpoint add` slows down as endpoints are added: %s for the first of this block, %s for the %dth "+
-			"(every add recomputes and rewrites the policy of every endpoint).", fmtSecs(first(adds)), fmtSecs(last(adds)), have)
+			"(each add resolves the policy of every endpoint again, memoized, writes the maps of those whose policy "+
+			"changed, and saves the state of all endpoints).", fmtSecs(first(adds)), fmtSecs(last(adds)), have)
 	}
 	b.rep.section("8. Agent memory", body.String())
 	return nil
