@@ -172,6 +172,9 @@ func (a *Agent) syncCIDRIdentities() error {
 		}
 	}
 	next = v4
+	if next == nil {
+		next = []netip.Prefix{} // synced: seen, and empty
+	}
 	var added, removed []netip.Prefix
 	if a.synced == nil {
 		// The first run (after a restart): every known CIDR identity no
