@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/membrane-net/membrane/internal/agenttest"
+	"github.com/membrane-net/membrane/internal/testutil"
 	"github.com/membrane-net/membrane/pkg/api"
 	"github.com/membrane-net/membrane/pkg/nsutil"
 )
@@ -136,36 +137,7 @@ func (a *Agent) importPolicy(name, content string) string {
 // ---- traffic ------------------------------------------------------------
 
 // serveTCP echoes a greeting on a TCP port inside a namespace.
-func serveTCP(t *testing.T, ns string, port int) {
-	t.Helper()
-	ln, err := nsutil.Listen(ns, "tcp4", fmt.Sprintf(":%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}(c)
-		}
-	}()
-}
+func serveTCP(t *testing.T, ns string, port int) { testutil.ServeTCPEcho(t, ns, port) }
 
 // serveUDP echoes datagrams on a UDP port inside a namespace.
 func serveUDP(t *testing.T, ns string, port int) {

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-net/membrane/internal/testutil"
 	"github.com/membrane-net/membrane/pkg/api"
 	"github.com/membrane-net/membrane/pkg/endpoint"
-	"github.com/membrane-net/membrane/pkg/nsutil"
 )
 
 // cniEnv is a directory of network configurations for cnitool, and a
@@ -254,27 +254,7 @@ func findRef(t *testing.T, a *Agent, ref string) *api.Endpoint {
 }
 
 // serveEcho echoes TCP on a port inside a namespace.
-func serveEcho(t *testing.T, ns string, port int) {
-	t.Helper()
-	ln, err := nsutil.Listen(ns, "tcp4", fmt.Sprintf(":%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-}
+func serveEcho(t *testing.T, ns string, port int) { testutil.ServeTCPEcho(t, ns, port) }
 
 // tcpFromHost reports whether a TCP connection from the host is echoed.
 func tcpFromHost(addr string) bool {
